@@ -1,0 +1,44 @@
+# ngx_http_sessions_module: build, run the demo, test, benchmark.
+#
+#   make build   build/sbin/nginx + build/modules/ngx_http_sessions_module.so
+#   make run     the demo (nginx-conf/demo.conf) on http://127.0.0.1:8080, Ctrl-C stops it
+#   make test    unit and integration tests
+#   make bench   wrk: bare NGINX vs the module, one table
+
+CARGO   ?= cargo
+BUILD   := $(CURDIR)/build
+PROFILE := release
+TARGET  := $(CURDIR)/target/$(PROFILE)
+
+.PHONY: all deps build run test bench clean lint
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --$(PROFILE)
+	@mkdir -p $(BUILD)/sbin $(BUILD)/modules $(BUILD)/logs
+	@nginx=$$(ls -t $(TARGET)/build/nginx-sys-*/out/objs/nginx | head -n 1); \
+	  cp -f "$$nginx" $(BUILD)/sbin/nginx.tmp && mv -f $(BUILD)/sbin/nginx.tmp $(BUILD)/sbin/nginx
+	@cp -f $(TARGET)/libngx_http_sessions_module.so $(BUILD)/modules/ngx_http_sessions_module.so.tmp
+	@mv -f $(BUILD)/modules/ngx_http_sessions_module.so.tmp $(BUILD)/modules/ngx_http_sessions_module.so
+	@echo "built $(BUILD)/sbin/nginx and $(BUILD)/modules/ngx_http_sessions_module.so"
+
+run: build
+	$(BUILD)/sbin/nginx -p $(BUILD) -c $(CURDIR)/nginx-conf/demo.conf -g 'daemon off;'
+
+test: build
+	$(CARGO) test --$(PROFILE) -- --test-threads=2
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --$(PROFILE) --all-targets -- -D warnings
+
+bench: build
+	bash bench/run.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)

@@ -1,0 +1,560 @@
+//! The session state machine: timeouts, binding, renewal. Pure Rust; time is passed in,
+//! so tests drive it with an invented clock.
+
+use sha2::{Digest, Sha256};
+
+use crate::cookie::{Incoming, SessionId, Signer, StoreKey};
+
+/// How long a renewed ID keeps answering with its successor (seconds), so that requests
+/// already in flight with the old cookie do not fork the session.
+pub const RENEWAL_GRACE: u64 = 10;
+
+/// Timestamps this far ahead of our clock are tolerated (workers' cached clocks and
+/// instances' clocks differ slightly); further ahead, the record counts as expired.
+pub const FUTURE_TOLERANCE: u64 = 5;
+
+/// The timeouts and checks of one `server`, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub idle: u64,
+    pub rolling: u64,
+    pub absolute: u64,
+    pub check_ip: bool,
+    pub check_user_agent: bool,
+}
+
+impl Policy {
+    /// `last_seen` is written at most this often, to spare the store.
+    pub fn touch_interval(&self) -> u64 {
+        (self.idle / 30).max(1)
+    }
+}
+
+/// What a session is bound to: hashes of the client address and User-Agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Client {
+    pub ip: u64,
+    pub user_agent: u64,
+}
+
+impl Client {
+    pub fn new(addr: &[u8], user_agent: &[u8]) -> Self {
+        Client { ip: binding_hash(b'i', addr), user_agent: binding_hash(b'u', user_agent) }
+    }
+}
+
+fn binding_hash(domain: u8, value: &[u8]) -> u64 {
+    let digest = Sha256::new().chain_update([domain]).chain_update(value).finalize();
+    let mut h = [0u8; 8];
+    h.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(h)
+}
+
+/// One session ID's server-side record. `renewed_at` is 0 until the ID is renewed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Record {
+    /// When the session began; carried over to successors (absolute timeout).
+    pub created: u64,
+    /// When this ID was issued (rolling timeout).
+    pub issued: u64,
+    pub last_seen: u64,
+    pub renewed_at: u64,
+    pub ip: u64,
+    pub user_agent: u64,
+}
+
+/// Bytes of a record on the wire (Redis value).
+pub const RECORD_LEN: usize = 1 + 6 * 8;
+const RECORD_VERSION: u8 = 1;
+
+impl Record {
+    pub fn new(now: u64, client: &Client) -> Self {
+        Record {
+            created: now,
+            issued: now,
+            last_seen: now,
+            renewed_at: 0,
+            ip: client.ip,
+            user_agent: client.user_agent,
+        }
+    }
+
+    /// When the store may forget this record (seconds since the epoch).
+    pub fn expires_at(&self, policy: &Policy) -> u64 {
+        let mut t = self
+            .last_seen
+            .saturating_add(policy.idle)
+            .min(self.created.saturating_add(policy.absolute));
+        if self.renewed_at != 0 {
+            t = t.min(self.renewed_at.saturating_add(RENEWAL_GRACE));
+        }
+        t
+    }
+
+    /// The record of the ID that replaces this one: same session, new ID age.
+    pub fn successor(&self, now: u64) -> Self {
+        Record { issued: now, last_seen: now, renewed_at: 0, ..*self }
+    }
+
+    pub fn encode(&self) -> [u8; RECORD_LEN] {
+        let mut out = [0u8; RECORD_LEN];
+        out[0] = RECORD_VERSION;
+        let fields =
+            [self.created, self.issued, self.last_seen, self.renewed_at, self.ip, self.user_agent];
+        for (i, f) in fields.iter().enumerate() {
+            out[1 + 8 * i..9 + 8 * i].copy_from_slice(&f.to_le_bytes());
+        }
+        out
+    }
+
+    /// Parses a stored record; anything else (foreign or corrupted value) is `None`.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != RECORD_LEN || bytes[0] != RECORD_VERSION {
+            return None;
+        }
+        let mut f = [0u64; 6];
+        for (i, v) in f.iter_mut().enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[1 + 8 * i..9 + 8 * i]);
+            *v = u64::from_le_bytes(b);
+        }
+        Some(Record {
+            created: f[0],
+            issued: f[1],
+            last_seen: f[2],
+            renewed_at: f[3],
+            ip: f[4],
+            user_agent: f[5],
+        })
+    }
+}
+
+/// What to do with a found record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Alive; write `last_seen = now` if `touch`.
+    Valid { touch: bool },
+    /// The ID passed the rolling timeout: make the successor now.
+    Renew,
+    /// Already renewed, still in its grace: answer with the successor.
+    Successor,
+    /// Idle or absolute timeout passed (or the record is from the future).
+    Expired,
+    /// IP or User-Agent changed: destroy.
+    Mismatch,
+    /// A renewed ID past its grace.
+    Dead,
+}
+
+/// Checks in the order of the contract: absolute, idle, IP, User-Agent, then renewal.
+pub fn decide(rec: &Record, now: u64, policy: &Policy, client: &Client) -> Verdict {
+    let horizon = now.saturating_add(FUTURE_TOLERANCE);
+    if rec.created > horizon || rec.last_seen > horizon || rec.issued > horizon {
+        return Verdict::Expired;
+    }
+    if now.saturating_sub(rec.created) >= policy.absolute {
+        return Verdict::Expired;
+    }
+    if rec.renewed_at != 0 && now.saturating_sub(rec.renewed_at) > RENEWAL_GRACE {
+        return Verdict::Dead;
+    }
+    if now.saturating_sub(rec.last_seen) >= policy.idle {
+        return Verdict::Expired;
+    }
+    if policy.check_ip && rec.ip != client.ip {
+        return Verdict::Mismatch;
+    }
+    if policy.check_user_agent && rec.user_agent != client.user_agent {
+        return Verdict::Mismatch;
+    }
+    if rec.renewed_at != 0 {
+        return Verdict::Successor;
+    }
+    if now.saturating_sub(rec.issued) >= policy.rolling {
+        return Verdict::Renew;
+    }
+    Verdict::Valid { touch: now.saturating_sub(rec.last_seen) >= policy.touch_interval() }
+}
+
+/// `$session_status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    New,
+    Valid,
+    Renewed,
+    Expired,
+    Invalid,
+    Mismatch,
+    Error,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Valid => "valid",
+            Status::Renewed => "renewed",
+            Status::Expired => "expired",
+            Status::Invalid => "invalid",
+            Status::Mismatch => "mismatch",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// The result of evaluating one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evaluation {
+    pub status: Status,
+    /// The session's ID after this request (`$session_id`); `None` when there is none.
+    pub id: Option<SessionId>,
+    /// Whether the response must carry `Set-Cookie` with `id`.
+    pub set_cookie: bool,
+}
+
+/// Why a store operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// The key is taken (only for inserts of new IDs).
+    Exists,
+    /// No room even after eviction, or the store is unreachable.
+    Unavailable,
+}
+
+/// A session table that answers synchronously (shared memory, or a map in tests). Every
+/// method is called inside one critical section per request.
+pub trait Table {
+    /// Finds a record; a hit also marks it as in use (its cookie came back).
+    fn get(&mut self, key: &StoreKey, now: u64) -> Option<Record>;
+    /// Inserts a record that must not exist yet. `established` records (successors) are
+    /// protected from floods of new clients the way returning sessions are.
+    fn insert(
+        &mut self,
+        key: &StoreKey,
+        rec: &Record,
+        expires: u64,
+        established: bool,
+        now: u64,
+    ) -> Result<(), StoreError>;
+    /// Replaces an existing record.
+    fn update(&mut self, key: &StoreKey, rec: &Record, expires: u64);
+    fn remove(&mut self, key: &StoreKey);
+}
+
+/// How many fresh IDs are tried when one collides (never, in practice).
+const NEW_ID_ATTEMPTS: usize = 3;
+
+/// One request against a synchronous table: the whole per-request algorithm.
+pub fn evaluate<T: Table>(
+    table: &mut T,
+    incoming: Incoming,
+    signer: &Signer,
+    now: u64,
+    policy: &Policy,
+    client: &Client,
+) -> Evaluation {
+    let status = match incoming {
+        Incoming::Absent => Status::New,
+        Incoming::Invalid => Status::Invalid,
+        Incoming::Verified(id) => {
+            let key = id.store_key();
+            match table.get(&key, now) {
+                None => Status::Invalid,
+                Some(rec) => match decide(&rec, now, policy, client) {
+                    Verdict::Valid { touch } => {
+                        if touch {
+                            let rec = Record { last_seen: now, ..rec };
+                            table.update(&key, &rec, rec.expires_at(policy));
+                        }
+                        return Evaluation { status: Status::Valid, id: Some(id), set_cookie: false };
+                    }
+                    Verdict::Renew => {
+                        let next = signer.successor(&id);
+                        let succ = rec.successor(now);
+                        match table.insert(&next.store_key(), &succ, succ.expires_at(policy), true, now)
+                        {
+                            Ok(()) | Err(StoreError::Exists) => {}
+                            Err(StoreError::Unavailable) => {
+                                return Evaluation {
+                                    status: Status::Error,
+                                    id: Some(id),
+                                    set_cookie: false,
+                                }
+                            }
+                        }
+                        let old = Record { renewed_at: now, last_seen: now, ..rec };
+                        table.update(&key, &old, old.expires_at(policy));
+                        return Evaluation { status: Status::Renewed, id: Some(next), set_cookie: true };
+                    }
+                    Verdict::Successor => {
+                        return Evaluation {
+                            status: Status::Renewed,
+                            id: Some(signer.successor(&id)),
+                            set_cookie: true,
+                        }
+                    }
+                    Verdict::Expired => {
+                        table.remove(&key);
+                        Status::Expired
+                    }
+                    Verdict::Mismatch => {
+                        table.remove(&key);
+                        Status::Mismatch
+                    }
+                    Verdict::Dead => {
+                        table.remove(&key);
+                        Status::Invalid
+                    }
+                },
+            }
+        }
+    };
+    start(table, status, now, policy, client)
+}
+
+/// Starts a new session for a request whose cookie gave none.
+fn start<T: Table>(
+    table: &mut T,
+    status: Status,
+    now: u64,
+    policy: &Policy,
+    client: &Client,
+) -> Evaluation {
+    let rec = Record::new(now, client);
+    for _ in 0..NEW_ID_ATTEMPTS {
+        let id = SessionId::random();
+        match table.insert(&id.store_key(), &rec, rec.expires_at(policy), false, now) {
+            Ok(()) => return Evaluation { status, id: Some(id), set_cookie: true },
+            Err(StoreError::Exists) => continue,
+            Err(StoreError::Unavailable) => break,
+        }
+    }
+    Evaluation { status: Status::Error, id: None, set_cookie: false }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const POLICY: Policy =
+        Policy { idle: 30, rolling: 60, absolute: 300, check_ip: true, check_user_agent: true };
+
+    #[derive(Default)]
+    struct MapTable {
+        map: HashMap<StoreKey, Record>,
+        writes: usize,
+        full: bool,
+    }
+
+    impl Table for MapTable {
+        fn get(&mut self, key: &StoreKey, _now: u64) -> Option<Record> {
+            self.map.get(key).copied()
+        }
+        fn insert(
+            &mut self,
+            key: &StoreKey,
+            rec: &Record,
+            _expires: u64,
+            _established: bool,
+            _now: u64,
+        ) -> Result<(), StoreError> {
+            if self.full {
+                return Err(StoreError::Unavailable);
+            }
+            if self.map.contains_key(key) {
+                return Err(StoreError::Exists);
+            }
+            self.writes += 1;
+            self.map.insert(*key, *rec);
+            Ok(())
+        }
+        fn update(&mut self, key: &StoreKey, rec: &Record, _expires: u64) {
+            self.writes += 1;
+            self.map.insert(*key, *rec);
+        }
+        fn remove(&mut self, key: &StoreKey) {
+            self.map.remove(key);
+        }
+    }
+
+    fn signer() -> Signer {
+        Signer::new(b"a secret that is long enough......")
+    }
+
+    const ALICE: Client = Client { ip: 1, user_agent: 2 };
+
+    fn begin(t: &mut MapTable, now: u64) -> SessionId {
+        let e = evaluate(t, Incoming::Absent, &signer(), now, &POLICY, &ALICE);
+        assert_eq!(e.status, Status::New);
+        assert!(e.set_cookie);
+        e.id.unwrap()
+    }
+
+    fn again(t: &mut MapTable, id: SessionId, now: u64, c: &Client) -> Evaluation {
+        evaluate(t, Incoming::Verified(id), &signer(), now, &POLICY, c)
+    }
+
+    #[test]
+    fn new_then_valid_without_cookie() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        let e = again(&mut t, id, 1001, &ALICE);
+        assert_eq!(e, Evaluation { status: Status::Valid, id: Some(id), set_cookie: false });
+    }
+
+    #[test]
+    fn idle_timeout_and_touch_throttle() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        let w = t.writes;
+        assert_eq!(again(&mut t, id, 1000, &ALICE).status, Status::Valid);
+        assert_eq!(t.writes, w, "no write within the touch interval");
+        assert_eq!(again(&mut t, id, 1029, &ALICE).status, Status::Valid);
+        assert_eq!(t.writes, w + 1, "touched");
+        assert_eq!(again(&mut t, id, 1058, &ALICE).status, Status::Valid);
+        let e = again(&mut t, id, 1058 + 30 + 1, &ALICE);
+        assert_eq!(e.status, Status::Expired);
+        assert!(e.set_cookie);
+        assert_ne!(e.id, Some(id));
+        assert_eq!(again(&mut t, id, 1090, &ALICE).status, Status::Invalid, "destroyed");
+    }
+
+    #[test]
+    fn idle_boundary_is_inclusive() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        assert_eq!(again(&mut t, id, 1029, &ALICE).status, Status::Valid);
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        assert_eq!(again(&mut t, id, 1030, &ALICE).status, Status::Expired);
+    }
+
+    #[test]
+    fn rolling_renewal_single_successor_and_grace() {
+        let mut t = MapTable::default();
+        let s = signer();
+        let id = begin(&mut t, 1000);
+        assert_eq!(again(&mut t, id, 1020, &ALICE).status, Status::Valid);
+        assert_eq!(again(&mut t, id, 1040, &ALICE).status, Status::Valid);
+        let e = again(&mut t, id, 1060, &ALICE);
+        assert_eq!(e.status, Status::Renewed);
+        let next = e.id.unwrap();
+        assert_eq!(next, s.successor(&id));
+        // In-flight requests with the old ID get the same successor.
+        for dt in 0..=RENEWAL_GRACE {
+            let e2 = again(&mut t, id, 1060 + dt, &ALICE);
+            assert_eq!(e2, Evaluation { status: Status::Renewed, id: Some(next), set_cookie: true });
+        }
+        assert_eq!(again(&mut t, next, 1065, &ALICE).status, Status::Valid);
+        assert_eq!(again(&mut t, id, 1060 + RENEWAL_GRACE + 1, &ALICE).status, Status::Invalid);
+        // Creation time carried over.
+        assert_eq!(t.map[&next.store_key()].created, 1000);
+    }
+
+    #[test]
+    fn absolute_timeout_survives_renewals() {
+        let mut t = MapTable::default();
+        let mut id = begin(&mut t, 1000);
+        let mut now = 1000;
+        let mut renewals = 0;
+        loop {
+            now += 20;
+            let e = again(&mut t, id, now, &ALICE);
+            match e.status {
+                Status::Valid => {}
+                Status::Renewed => {
+                    renewals += 1;
+                    id = e.id.unwrap();
+                }
+                Status::Expired => break,
+                s => panic!("unexpected {s:?}"),
+            }
+            assert!(now < 2000);
+        }
+        assert_eq!(now, 1300);
+        assert!(renewals >= 4);
+    }
+
+    #[test]
+    fn binding_checks() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        let eve = Client { ip: 9, user_agent: 2 };
+        let e = again(&mut t, id, 1001, &eve);
+        assert_eq!(e.status, Status::Mismatch);
+        assert!(e.set_cookie);
+        assert_eq!(again(&mut t, id, 1002, &ALICE).status, Status::Invalid, "destroyed for all");
+
+        let id = begin(&mut t, 1000);
+        let ua = Client { ip: 1, user_agent: 3 };
+        assert_eq!(again(&mut t, id, 1001, &ua).status, Status::Mismatch);
+
+        let relaxed = Policy { check_ip: false, check_user_agent: false, ..POLICY };
+        let id = begin(&mut t, 1000);
+        let e = evaluate(&mut t, Incoming::Verified(id), &signer(), 1001, &relaxed, &eve);
+        assert_eq!(e.status, Status::Valid);
+    }
+
+    #[test]
+    fn clock_oddities() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        // Small skew between workers: fine.
+        assert_eq!(again(&mut t, id, 998, &ALICE).status, Status::Valid);
+        // A record from the far future: expired, no panic.
+        let id = begin(&mut t, 5000);
+        assert_eq!(again(&mut t, id, 1000, &ALICE).status, Status::Expired);
+        // Extreme values saturate.
+        let r = Record { created: u64::MAX, last_seen: u64::MAX, ..Record::default() };
+        // Zero seconds elapsed at the end of time: alive, so the binding decides.
+        assert_eq!(decide(&r, u64::MAX, &POLICY, &ALICE), Verdict::Mismatch);
+        assert_eq!(r.expires_at(&POLICY), u64::MAX);
+    }
+
+    #[test]
+    fn unknown_and_invalid_never_touch_store_for_invalid() {
+        let mut t = MapTable::default();
+        let e = evaluate(&mut t, Incoming::Invalid, &signer(), 1000, &POLICY, &ALICE);
+        assert_eq!(e.status, Status::Invalid);
+        assert!(e.set_cookie);
+        let e = again(&mut t, SessionId::random(), 1000, &ALICE);
+        assert_eq!(e.status, Status::Invalid);
+    }
+
+    #[test]
+    fn store_full_is_error_and_keeps_cookie() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        assert_eq!(again(&mut t, id, 1029, &ALICE).status, Status::Valid);
+        assert_eq!(again(&mut t, id, 1058, &ALICE).status, Status::Valid);
+        t.full = true;
+        let e = evaluate(&mut t, Incoming::Absent, &signer(), 1000, &POLICY, &ALICE);
+        assert_eq!(e, Evaluation { status: Status::Error, id: None, set_cookie: false });
+        let e = again(&mut t, id, 1060, &ALICE);
+        assert_eq!(e, Evaluation { status: Status::Error, id: Some(id), set_cookie: false });
+        // Nothing lost: once there is room the renewal happens.
+        t.full = false;
+        assert_eq!(again(&mut t, id, 1061, &ALICE).status, Status::Renewed);
+    }
+
+    #[test]
+    fn record_codec() {
+        let r = Record { created: 1, issued: 2, last_seen: 3, renewed_at: 4, ip: 5, user_agent: 6 };
+        assert_eq!(Record::decode(&r.encode()), Some(r));
+        assert_eq!(Record::decode(&r.encode()[1..]), None);
+        let mut bad = r.encode();
+        bad[0] = 9;
+        assert_eq!(Record::decode(&bad), None);
+    }
+
+    #[test]
+    fn expiry_is_the_earliest_deadline() {
+        let r = Record { created: 100, issued: 100, last_seen: 200, ..Record::default() };
+        assert_eq!(r.expires_at(&POLICY), 230);
+        let r = Record { created: 100, issued: 100, last_seen: 390, ..Record::default() };
+        assert_eq!(r.expires_at(&POLICY), 400);
+        let r = Record { renewed_at: 205, ..Record { created: 100, last_seen: 200, ..r } };
+        assert_eq!(r.expires_at(&POLICY), 215);
+    }
+}
