@@ -52,6 +52,7 @@ fn binding_hash(domain: u8, value: &[u8]) -> u64 {
 
 /// One session ID's server-side record. `renewed_at` is 0 until the ID is renewed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(C)]
 pub struct Record {
     /// When the session began; carried over to successors (absolute timeout).
     pub created: u64,
