@@ -30,7 +30,7 @@ run: build
 	$(BUILD)/sbin/nginx -p $(BUILD) -c $(CURDIR)/nginx-conf/demo.conf -g 'daemon off;'
 
 test: build
-	$(CARGO) test --$(PROFILE) -- --test-threads=2
+	$(CARGO) test --$(PROFILE) --workspace -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --all -- --check

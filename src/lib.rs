@@ -2,12 +2,10 @@
 //! server-side session table in shared memory, idle / rolling / absolute timeouts and
 //! binding to the client address and User-Agent.
 //!
-//! The pure logic (`cookie`, `session`, `redis_url`) has no NGINX types and is unit
-//! tested; the rest is the thin FFI glue.
+//! The pure logic lives in the `sessions-core` crate (no NGINX types, unit tested);
+//! this crate is the thin FFI glue.
 
-pub mod cookie;
-pub mod redis_url;
-pub mod session;
+pub use sessions_core::{cookie, redis_url, session};
 
 pub mod conf;
 mod handler;
