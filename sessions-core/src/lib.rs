@@ -5,5 +5,6 @@
 //! - [`redis_url`]: the `sessions_redis` URL.
 
 pub mod cookie;
+pub mod redis_flow;
 pub mod redis_url;
 pub mod session;

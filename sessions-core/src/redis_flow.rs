@@ -1,0 +1,557 @@
+//! The session algorithm against Redis, as a state machine that emits commands and
+//! consumes replies; the NGINX glue only moves bytes. Pure: no I/O, time passed in.
+//!
+//! Round trips per request: a returning client is one `GET`; a new client one
+//! `SET NX EX`; a touch (at most once per `max(1s, idle/30)`) or a renewal adds one
+//! compare-and-set script; an expired / mismatched / dead session is one `GET` plus one
+//! script that deletes it and creates the new one.
+//!
+//! Renewal is single-flight across instances: the compare-and-set only succeeds against
+//! the exact record that was read, and the successor ID is derived from the old one, so
+//! whoever renews, every instance hands out the same successor.
+
+use redis::Value;
+
+use crate::cookie::{Incoming, SessionId, Signer, StoreKey};
+use crate::session::{decide, Client, Evaluation, Policy, Record, Status, Verdict};
+
+/// Every key starts with this.
+pub const KEY_PREFIX: &str = "ngx_sessions";
+/// Key of the shared random secret and cookie name.
+pub const IDENTITY_KEY: &str = "ngx_sessions:identity";
+/// Bytes of the identity value: 32 bytes of secret, 16 of cookie name.
+pub const IDENTITY_LEN: usize = 48;
+/// TTL of the identity key, refreshed by every worker when it (re)reads it.
+pub const IDENTITY_TTL: u64 = 400 * 86400;
+/// Conflicting writes tolerated before the request gives up with `error`.
+const MAX_ATTEMPTS: u8 = 4;
+
+/// `if GET(k1) == expected then SET k1 new EX ttl; [SET k2 succ NX EX ttl2]; return 1
+/// else return GET(k1)` (nil when gone).
+const SCRIPT_CAS: &str = "local cur = redis.call('GET', KEYS[1]) \
+if cur ~= ARGV[1] then return cur end \
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) \
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'NX', 'EX', ARGV[5]) end \
+return 1";
+
+/// Destroy one session and start another in one round trip.
+const SCRIPT_REPLACE: &str = "redis.call('DEL', KEYS[1]) \
+return redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2])";
+
+/// The first instance's proposal wins; everyone reads the winner and keeps it alive.
+const SCRIPT_IDENTITY: &str = "redis.call('SET', KEYS[1], ARGV[1], 'NX') \
+redis.call('EXPIRE', KEYS[1], ARGV[2]) \
+return redis.call('GET', KEYS[1])";
+
+/// `<prefix>:<hex of the store key>`: never the raw ID.
+pub fn key_name(key: &StoreKey) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut k = Vec::with_capacity(KEY_PREFIX.len() + 1 + 32);
+    k.extend_from_slice(KEY_PREFIX.as_bytes());
+    k.push(b':');
+    for b in key.0 {
+        k.push(HEX[(b >> 4) as usize]);
+        k.push(HEX[(b & 15) as usize]);
+    }
+    k
+}
+
+/// A command of the algorithm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Get { key: StoreKey },
+    Create { key: StoreKey, record: Record, ttl: u64 },
+    Cas { key: StoreKey, expected: Record, new: Record, ttl: u64, successor: Option<(StoreKey, Record, u64)> },
+    Replace { old: StoreKey, key: StoreKey, record: Record, ttl: u64 },
+    Identity { proposal: [u8; IDENTITY_LEN] },
+}
+
+impl Command {
+    /// RESP bytes of the command.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Command::Get { key } => redis::cmd("GET").arg(key_name(key)).get_packed_command(),
+            Command::Create { key, record, ttl } => redis::cmd("SET")
+                .arg(key_name(key))
+                .arg(&record.encode()[..])
+                .arg("NX")
+                .arg("EX")
+                .arg(*ttl)
+                .get_packed_command(),
+            Command::Cas { key, expected, new, ttl, successor } => {
+                let (skey, sval, sttl) = match successor {
+                    Some((k, r, t)) => (key_name(k), r.encode().to_vec(), *t),
+                    None => (key_name(key), Vec::new(), 0),
+                };
+                redis::cmd("EVAL")
+                    .arg(SCRIPT_CAS)
+                    .arg(2)
+                    .arg(key_name(key))
+                    .arg(skey)
+                    .arg(&expected.encode()[..])
+                    .arg(&new.encode()[..])
+                    .arg(*ttl)
+                    .arg(sval)
+                    .arg(sttl)
+                    .get_packed_command()
+            }
+            Command::Replace { old, key, record, ttl } => redis::cmd("EVAL")
+                .arg(SCRIPT_REPLACE)
+                .arg(2)
+                .arg(key_name(old))
+                .arg(key_name(key))
+                .arg(&record.encode()[..])
+                .arg(*ttl)
+                .get_packed_command(),
+            Command::Identity { proposal } => redis::cmd("EVAL")
+                .arg(SCRIPT_IDENTITY)
+                .arg(1)
+                .arg(IDENTITY_KEY)
+                .arg(&proposal[..])
+                .arg(IDENTITY_TTL)
+                .get_packed_command(),
+        }
+    }
+}
+
+/// `AUTH [user] password` and `SELECT db`, sent on every new connection.
+pub fn setup_commands(user: Option<&str>, password: Option<&str>, db: u32) -> Vec<Vec<u8>> {
+    let mut cmds = Vec::new();
+    if let Some(password) = password {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(user) = user {
+            auth.arg(user);
+        }
+        cmds.push(auth.arg(password).get_packed_command());
+    }
+    if db != 0 {
+        cmds.push(redis::cmd("SELECT").arg(db).get_packed_command());
+    }
+    cmds
+}
+
+/// A reply, reduced to what the algorithm distinguishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Nil,
+    Ok,
+    Int(i64),
+    Bulk(Vec<u8>),
+    /// An error reply (`-ERR ...`, `-NOAUTH ...`, `-OOM ...`) or an unexpected type.
+    Error(String),
+}
+
+/// The outcome of feeding the bytes received so far to the parser.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Complete(Reply),
+    Incomplete,
+    /// Not RESP: the connection is unusable.
+    Garbage,
+}
+
+/// Parses one complete reply (one command is in flight per connection).
+pub fn parse_reply(buf: &[u8]) -> Parsed {
+    if buf.is_empty() {
+        return Parsed::Incomplete;
+    }
+    match redis::parse_redis_value(buf) {
+        Ok(v) => Parsed::Complete(match v {
+            Value::Nil => Reply::Nil,
+            Value::Okay => Reply::Ok,
+            Value::SimpleString(s) if s == "OK" => Reply::Ok,
+            Value::Int(i) => Reply::Int(i),
+            Value::BulkString(b) => Reply::Bulk(b),
+            Value::ServerError(e) => {
+                Reply::Error(format!("{} {}", e.code(), e.details().unwrap_or("")).trim().to_string())
+            }
+            other => Reply::Error(format!("unexpected reply {other:?}")),
+        }),
+        Err(e) if e.is_io_error() => Parsed::Incomplete,
+        Err(_) => Parsed::Garbage,
+    }
+}
+
+/// What the glue does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Send(Command),
+    Done(Evaluation),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    Looking { id: SessionId },
+    /// A compare-and-set of `id`'s record is in flight: a touch, or a renewal to `next`.
+    Writing { id: SessionId, next: Option<SessionId> },
+    Creating { status: Status, id: SessionId },
+    Done,
+}
+
+/// One request's session evaluation against Redis.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    now: u64,
+    policy: Policy,
+    client: Client,
+    /// The cookie's verified ID, kept as `$session_id` when Redis fails.
+    incoming: Option<SessionId>,
+    state: State,
+    attempts: u8,
+}
+
+fn ttl(rec: &Record, policy: &Policy, now: u64) -> u64 {
+    rec.expires_at(policy).saturating_sub(now).max(1)
+}
+
+impl Flow {
+    pub fn start(incoming: Incoming, now: u64, policy: &Policy, client: &Client) -> (Flow, Step) {
+        let mut flow = Flow {
+            now,
+            policy: *policy,
+            client: *client,
+            incoming: None,
+            state: State::Done,
+            attempts: 0,
+        };
+        let step = match incoming {
+            Incoming::Absent => flow.create(Status::New, None),
+            Incoming::Invalid => flow.create(Status::Invalid, None),
+            Incoming::Verified(id) => {
+                flow.incoming = Some(id);
+                flow.state = State::Looking { id };
+                Step::Send(Command::Get { key: id.store_key() })
+            }
+        };
+        (flow, step)
+    }
+
+    /// The request's result when Redis cannot be used: nothing changes, the cookie stays.
+    pub fn failed(&mut self) -> Evaluation {
+        self.state = State::Done;
+        Evaluation { status: Status::Error, id: self.incoming, set_cookie: false }
+    }
+
+    fn done(&mut self, eval: Evaluation) -> Step {
+        self.state = State::Done;
+        Step::Done(eval)
+    }
+
+    fn create(&mut self, status: Status, old: Option<StoreKey>) -> Step {
+        self.attempts += 1;
+        if self.attempts > MAX_ATTEMPTS {
+            return Step::Done(self.failed());
+        }
+        let record = Record::new(self.now, &self.client);
+        let id = SessionId::random();
+        self.state = State::Creating { status, id };
+        let ttl = ttl(&record, &self.policy, self.now);
+        Step::Send(match old {
+            Some(old) => Command::Replace { old, key: id.store_key(), record, ttl },
+            None => Command::Create { key: id.store_key(), record, ttl },
+        })
+    }
+
+    /// Decides on a record read from Redis.
+    fn apply(&mut self, id: SessionId, rec: Record, signer: &Signer) -> Step {
+        let (now, policy) = (self.now, self.policy);
+        match decide(&rec, now, &policy, &self.client) {
+            Verdict::Valid { touch: false } => {
+                self.done(Evaluation { status: Status::Valid, id: Some(id), set_cookie: false })
+            }
+            Verdict::Valid { touch: true } => {
+                self.attempts += 1;
+                if self.attempts > MAX_ATTEMPTS {
+                    // Others keep writing this record; it is alive, so let it be.
+                    return self.done(Evaluation { status: Status::Valid, id: Some(id), set_cookie: false });
+                }
+                let new = Record { last_seen: now, ..rec };
+                self.state = State::Writing { id, next: None };
+                Step::Send(Command::Cas {
+                    key: id.store_key(),
+                    expected: rec,
+                    new,
+                    ttl: ttl(&new, &policy, now),
+                    successor: None,
+                })
+            }
+            Verdict::Renew => {
+                self.attempts += 1;
+                if self.attempts > MAX_ATTEMPTS {
+                    return Step::Done(self.failed());
+                }
+                let next = signer.successor(&id);
+                let succ = rec.successor(now);
+                let old = Record { renewed_at: now, last_seen: now, ..rec };
+                self.state = State::Writing { id, next: Some(next) };
+                Step::Send(Command::Cas {
+                    key: id.store_key(),
+                    expected: rec,
+                    new: old,
+                    ttl: ttl(&old, &policy, now),
+                    successor: Some((next.store_key(), succ, ttl(&succ, &policy, now))),
+                })
+            }
+            Verdict::Successor => self.done(Evaluation {
+                status: Status::Renewed,
+                id: Some(signer.successor(&id)),
+                set_cookie: true,
+            }),
+            Verdict::Expired => self.create(Status::Expired, Some(id.store_key())),
+            Verdict::Mismatch => self.create(Status::Mismatch, Some(id.store_key())),
+            Verdict::Dead => self.create(Status::Invalid, Some(id.store_key())),
+        }
+    }
+
+    /// Feeds the reply to the last command sent.
+    pub fn on_reply(&mut self, reply: Reply, signer: &Signer) -> Step {
+        if let Reply::Error(_) = reply {
+            return Step::Done(self.failed());
+        }
+        match self.state {
+            State::Looking { id } => match reply {
+                Reply::Nil => self.create(Status::Invalid, None),
+                Reply::Bulk(b) => match Record::decode(&b) {
+                    Some(rec) => self.apply(id, rec, signer),
+                    // Not ours (foreign or corrupted value): never trusted, replaced.
+                    None => self.create(Status::Invalid, Some(id.store_key())),
+                },
+                _ => Step::Done(self.failed()),
+            },
+            State::Writing { id, next } => match reply {
+                Reply::Int(1) => match next {
+                    Some(next) => {
+                        self.done(Evaluation { status: Status::Renewed, id: Some(next), set_cookie: true })
+                    }
+                    None => self.done(Evaluation { status: Status::Valid, id: Some(id), set_cookie: false }),
+                },
+                // Someone else changed the record since we read it: decide again on theirs.
+                Reply::Bulk(b) => match Record::decode(&b) {
+                    Some(rec) => self.apply(id, rec, signer),
+                    None => self.create(Status::Invalid, Some(id.store_key())),
+                },
+                Reply::Nil => self.create(Status::Invalid, None),
+                _ => Step::Done(self.failed()),
+            },
+            State::Creating { status, id } => match reply {
+                Reply::Ok => self.done(Evaluation { status, id: Some(id), set_cookie: true }),
+                // The random ID is taken (never, in practice): draw another.
+                Reply::Nil => self.create(status, None),
+                _ => Step::Done(self.failed()),
+            },
+            State::Done => Step::Done(self.failed()),
+        }
+    }
+}
+
+/// Splits an identity value into the secret and the cookie name, checking the name.
+pub fn parse_identity(value: &[u8]) -> Option<([u8; 32], [u8; 16])> {
+    if value.len() != IDENTITY_LEN {
+        return None;
+    }
+    let mut secret = [0u8; 32];
+    let mut name = [0u8; 16];
+    secret.copy_from_slice(&value[..32]);
+    name.copy_from_slice(&value[32..]);
+    crate::cookie::is_token(&name).then_some((secret, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A Redis that understands exactly the commands above (TTLs recorded, not run).
+    #[derive(Default)]
+    struct FakeRedis {
+        data: HashMap<Vec<u8>, (Vec<u8>, u64)>,
+        commands: usize,
+    }
+
+    impl FakeRedis {
+        fn exec(&mut self, cmd: &Command) -> Reply {
+            self.commands += 1;
+            match cmd {
+                Command::Get { key } => match self.data.get(&key_name(key)) {
+                    Some((v, _)) => Reply::Bulk(v.clone()),
+                    None => Reply::Nil,
+                },
+                Command::Create { key, record, ttl } => self.set_nx(key, record, *ttl),
+                Command::Cas { key, expected, new, ttl, successor } => {
+                    let k = key_name(key);
+                    let cur = self.data.get(&k).map(|(v, _)| v.clone());
+                    if cur.as_deref() != Some(&expected.encode()[..]) {
+                        return cur.map(Reply::Bulk).unwrap_or(Reply::Nil);
+                    }
+                    self.data.insert(k, (new.encode().to_vec(), *ttl));
+                    if let Some((sk, sr, st)) = successor {
+                        self.set_nx(sk, sr, *st);
+                    }
+                    Reply::Int(1)
+                }
+                Command::Replace { old, key, record, ttl } => {
+                    self.data.remove(&key_name(old));
+                    self.set_nx(key, record, *ttl)
+                }
+                Command::Identity { proposal } => {
+                    let v = self
+                        .data
+                        .entry(IDENTITY_KEY.as_bytes().to_vec())
+                        .or_insert((proposal.to_vec(), IDENTITY_TTL));
+                    Reply::Bulk(v.0.clone())
+                }
+            }
+        }
+
+        fn set_nx(&mut self, key: &StoreKey, record: &Record, ttl: u64) -> Reply {
+            let k = key_name(key);
+            if self.data.contains_key(&k) {
+                return Reply::Nil;
+            }
+            self.data.insert(k, (record.encode().to_vec(), ttl));
+            Reply::Ok
+        }
+
+        fn run(&mut self, incoming: Incoming, now: u64, client: &Client) -> Evaluation {
+            let s = signer();
+            let (mut flow, mut step) = Flow::start(incoming, now, &POLICY, client);
+            for _ in 0..10 {
+                match step {
+                    Step::Done(e) => return e,
+                    Step::Send(cmd) => {
+                        let reply = self.exec(&cmd);
+                        step = flow.on_reply(reply, &s);
+                    }
+                }
+            }
+            panic!("flow did not finish");
+        }
+    }
+
+    const POLICY: Policy =
+        Policy { idle: 30, rolling: 60, absolute: 300, check_ip: true, check_user_agent: true };
+    const ALICE: Client = Client { ip: 1, user_agent: 2 };
+
+    fn signer() -> Signer {
+        Signer::new(b"a secret that is long enough......")
+    }
+
+    #[test]
+    fn one_round_trip_for_new_and_returning() {
+        let mut r = FakeRedis::default();
+        let e = r.run(Incoming::Absent, 1000, &ALICE);
+        assert_eq!((e.status, e.set_cookie, r.commands), (Status::New, true, 1));
+        let id = e.id.unwrap();
+        let e = r.run(Incoming::Verified(id), 1000, &ALICE);
+        assert_eq!((e.status, e.set_cookie, r.commands), (Status::Valid, false, 2));
+        // Keys are hashes, every one with a TTL.
+        for (k, (_, ttl)) in &r.data {
+            assert!(k.starts_with(b"ngx_sessions:"));
+            assert!(!k.windows(22).any(|w| w == id.encode()));
+            assert!(*ttl > 0 && *ttl <= 30);
+        }
+    }
+
+    #[test]
+    fn touch_renew_and_grace() {
+        let mut r = FakeRedis::default();
+        let id = r.run(Incoming::Absent, 1000, &ALICE).id.unwrap();
+        assert_eq!(r.run(Incoming::Verified(id), 1029, &ALICE).status, Status::Valid);
+        assert_eq!(r.run(Incoming::Verified(id), 1058, &ALICE).status, Status::Valid);
+        let e = r.run(Incoming::Verified(id), 1060, &ALICE);
+        assert_eq!(e.status, Status::Renewed);
+        let next = e.id.unwrap();
+        assert_eq!(next, signer().successor(&id));
+        let e = r.run(Incoming::Verified(id), 1061, &ALICE);
+        assert_eq!((e.status, e.id), (Status::Renewed, Some(next)));
+        assert_eq!(r.run(Incoming::Verified(next), 1062, &ALICE).status, Status::Valid);
+        assert_eq!(r.run(Incoming::Verified(id), 1075, &ALICE).status, Status::Invalid);
+    }
+
+    #[test]
+    fn racing_renewals_make_one_successor() {
+        // Two instances read the same record, then both try to renew it.
+        let mut r = FakeRedis::default();
+        let id = r.run(Incoming::Absent, 1000, &ALICE).id.unwrap();
+        r.run(Incoming::Verified(id), 1029, &ALICE);
+        r.run(Incoming::Verified(id), 1058, &ALICE);
+        let s = signer();
+        let (mut a, sa) = Flow::start(Incoming::Verified(id), 1060, &POLICY, &ALICE);
+        let (mut b, sb) = Flow::start(Incoming::Verified(id), 1060, &POLICY, &ALICE);
+        let (Step::Send(ga), Step::Send(gb)) = (sa, sb) else { panic!() };
+        let (ra, rb) = (r.exec(&ga), r.exec(&gb));
+        let (Step::Send(ca), Step::Send(cb)) = (a.on_reply(ra, &s), b.on_reply(rb, &s)) else {
+            panic!()
+        };
+        let ea = match a.on_reply(r.exec(&ca), &s) {
+            Step::Done(e) => e,
+            s => panic!("{s:?}"),
+        };
+        let eb = match b.on_reply(r.exec(&cb), &s) {
+            Step::Done(e) => e,
+            s => panic!("{s:?}"),
+        };
+        assert_eq!(ea.status, Status::Renewed);
+        assert_eq!(eb.status, Status::Renewed);
+        assert_eq!(ea.id, eb.id);
+    }
+
+    #[test]
+    fn mismatch_destroys_everywhere_and_errors_keep_cookie() {
+        let mut r = FakeRedis::default();
+        let id = r.run(Incoming::Absent, 1000, &ALICE).id.unwrap();
+        let eve = Client { ip: 9, user_agent: 2 };
+        let e = r.run(Incoming::Verified(id), 1001, &eve);
+        assert_eq!(e.status, Status::Mismatch);
+        assert_ne!(e.id, Some(id));
+        assert_eq!(r.run(Incoming::Verified(id), 1002, &ALICE).status, Status::Invalid);
+
+        let (mut flow, _) = Flow::start(Incoming::Verified(id), 1003, &POLICY, &ALICE);
+        let e = match flow.on_reply(Reply::Error("OOM".into()), &signer()) {
+            Step::Done(e) => e,
+            s => panic!("{s:?}"),
+        };
+        assert_eq!(e, Evaluation { status: Status::Error, id: Some(id), set_cookie: false });
+    }
+
+    #[test]
+    fn foreign_values_are_replaced() {
+        let mut r = FakeRedis::default();
+        let id = SessionId::random();
+        r.data.insert(key_name(&id.store_key()), (b"garbage".to_vec(), 10));
+        let e = r.run(Incoming::Verified(id), 1000, &ALICE);
+        assert_eq!(e.status, Status::Invalid);
+        assert!(!r.data.contains_key(&key_name(&id.store_key())));
+    }
+
+    #[test]
+    fn resp_parsing() {
+        assert_eq!(parse_reply(b""), Parsed::Incomplete);
+        assert_eq!(parse_reply(b"$5\r\nhel"), Parsed::Incomplete);
+        assert_eq!(parse_reply(b"$5\r\nhello\r\n"), Parsed::Complete(Reply::Bulk(b"hello".to_vec())));
+        assert_eq!(parse_reply(b"$-1\r\n"), Parsed::Complete(Reply::Nil));
+        assert_eq!(parse_reply(b"+OK\r\n"), Parsed::Complete(Reply::Ok));
+        assert_eq!(parse_reply(b":1\r\n"), Parsed::Complete(Reply::Int(1)));
+        assert!(matches!(parse_reply(b"-NOAUTH Authentication required.\r\n"), Parsed::Complete(Reply::Error(e)) if e.contains("NOAUTH")));
+        assert_eq!(parse_reply(b"!!garbage\r\n"), Parsed::Garbage);
+    }
+
+    #[test]
+    fn encodes_resp() {
+        let c = Command::Get { key: StoreKey([0xab; 16]) }.encode();
+        assert!(c.starts_with(b"*2\r\n$3\r\nGET\r\n$45\r\nngx_sessions:abab"));
+        let setup = setup_commands(Some("bob"), Some("pw"), 2);
+        assert_eq!(setup.len(), 2);
+        assert!(setup[0].starts_with(b"*3\r\n$4\r\nAUTH"));
+        assert!(setup_commands(None, None, 0).is_empty());
+    }
+
+    #[test]
+    fn identity_values() {
+        let mut v = [b'a'; IDENTITY_LEN];
+        assert!(parse_identity(&v).is_some());
+        v[40] = b';';
+        assert!(parse_identity(&v).is_none());
+        assert!(parse_identity(b"short").is_none());
+    }
+}
