@@ -16,6 +16,7 @@ use ngx::http::HttpModuleMainConf;
 use ngx::{ngx_conf_log_error, ngx_string};
 
 use crate::cookie::{self, CookieAttrs, SameSite, Secure, Signer};
+use crate::redis_flow;
 use crate::redis_url::{self, RedisUrl};
 use crate::session::Policy;
 use crate::shm;
@@ -61,8 +62,11 @@ pub struct MainConf {
     /// Some `sessions on` exists, so the (implicit) zone is needed.
     pub used: bool,
     pub redis: Option<RedisUrl>,
+    redis_addr: Option<(*mut ngx::ffi::sockaddr, ngx::ffi::socklen_t, ngx_str_t)>,
     pub redis_timeout: Option<ngx_msec_t>,
     pub redis_keepalive: Option<usize>,
+    /// The resolved Redis store, when `sessions_redis` is set.
+    pub redis_upstream: Option<crate::redis::Upstream>,
     /// Filled in by the zone's init: the random secret and name kept in shared memory.
     pub random: Option<shm::RandomIdentity>,
 }
@@ -74,8 +78,10 @@ impl Default for MainConf {
             zone_explicit: false,
             used: false,
             redis: None,
+            redis_addr: None,
             redis_timeout: None,
             redis_keepalive: None,
+            redis_upstream: None,
             random: None,
         }
     }
@@ -398,13 +404,37 @@ extern "C" fn cmd_redis(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c
     let Ok(url) = core::str::from_utf8(v) else {
         return emerg!(cf, "invalid Redis URL in \"sessions_redis\": not UTF-8");
     };
-    match redis_url::parse(url) {
-        Ok(u) => {
-            mcf.redis = Some(u);
-            emerg!(cf, "\"sessions_redis\": the Redis store is not available in this version yet; remove the directive to use the shared-memory store")
-        }
-        Err(e) => emerg!(cf, "invalid Redis URL in \"sessions_redis\": it {} (expected redis://[[user]:password@]host[:port][/db])", e),
+    if mcf.redis.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
     }
+    let u = match redis_url::parse(url) {
+        Ok(u) => u,
+        Err(e) => return emerg!(cf, "invalid Redis URL in \"sessions_redis\": it {} (expected redis://[[user]:password@]host[:port][/db])", e),
+    };
+    // Resolved once, at start, like `proxy_pass host:port`.
+    let hostport = if u.host.contains(':') { format!("[{}]:{}", u.host, u.port) } else { format!("{}:{}", u.host, u.port) };
+    // SAFETY: `cf` is live; the URL copy and the resolved addresses live in the
+    // configuration pool, as long as the cycle.
+    unsafe {
+        let Some(text) = ngx_str_t::from_bytes(cf_ref.pool, hostport.as_bytes()) else {
+            return NGX_CONF_ERROR;
+        };
+        let mut url: ngx::ffi::ngx_url_t = core::mem::zeroed();
+        url.url = text;
+        url.default_port = u.port;
+        if ngx::ffi::ngx_parse_url(cf_ref.pool, &mut url) != ngx::ffi::NGX_OK as ngx_int_t || url.naddrs == 0 {
+            let why = if url.err.is_null() {
+                "host not found".to_string()
+            } else {
+                core::ffi::CStr::from_ptr(url.err).to_string_lossy().into_owned()
+            };
+            return emerg!(cf, "\"sessions_redis\": cannot resolve \"{}\": {}", u.host, why);
+        }
+        let addr = &*url.addrs;
+        mcf.redis_addr = Some((addr.sockaddr, addr.socklen, addr.name));
+    }
+    mcf.redis = Some(u);
+    NGX_CONF_OK
 }
 
 extern "C" fn cmd_redis_timeout(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
@@ -497,6 +527,16 @@ unsafe extern "C" fn drop_conf<T>(data: *mut c_void) {
 pub fn init_main(cf: *mut ngx_conf_t, mcf: &mut MainConf) -> Result<(), String> {
     if mcf.used && mcf.zone.is_null() {
         mcf.zone = shm::add_zone(cf, DEFAULT_ZONE_NAME, DEFAULT_ZONE_SIZE, mcf)?;
+    }
+    if let (Some(url), Some((sockaddr, socklen, name))) = (&mcf.redis, mcf.redis_addr) {
+        mcf.redis_upstream = Some(crate::redis::Upstream {
+            sockaddr,
+            socklen,
+            name,
+            setup: redis_flow::setup_commands(url.user.as_deref(), url.password.as_deref(), url.db),
+            timeout: mcf.redis_timeout(),
+            keepalive: mcf.redis_keepalive(),
+        });
     }
     Ok(())
 }

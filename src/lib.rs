@@ -5,10 +5,11 @@
 //! The pure logic lives in the `sessions-core` crate (no NGINX types, unit tested);
 //! this crate is the thin FFI glue.
 
-pub use sessions_core::{cookie, redis_url, session};
+pub use sessions_core::{cookie, redis_flow, redis_url, session};
 
 pub mod conf;
 mod handler;
+mod redis;
 mod shm;
 mod variables;
 
@@ -159,8 +160,14 @@ pub static mut ngx_http_sessions_module: ngx_module_t = ngx_module_t {
     // SAFETY: only the address of the command table is taken.
     commands: unsafe { ptr::addr_of_mut!(conf::COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as ngx_uint_t,
+    exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
+
+/// A worker's idle Redis connections are closed as it exits.
+unsafe extern "C" fn exit_process(_cycle: *mut ngx::ffi::ngx_cycle_t) {
+    redis::close_idle();
+}
 
 /// Our index into `r->ctx`.
 pub(crate) fn module_ctx_index() -> usize {

@@ -64,7 +64,14 @@ const _: () = assert!(size_of::<Node>() <= 128);
 #[derive(Clone)]
 pub struct RandomIdentity {
     pub signer: Signer,
+    pub secret: [u8; 32],
     pub name: [u8; 16],
+}
+
+impl RandomIdentity {
+    pub fn new(secret: [u8; 32], name: [u8; 16]) -> Self {
+        RandomIdentity { signer: Signer::new(&secret), secret, name }
+    }
 }
 
 pub fn min_zone_size() -> usize {
@@ -148,10 +155,7 @@ unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
     // SAFETY: as above; eviction is the expected way out of a full zone, not an error.
     unsafe {
         (*pool).set_log_nomem(0);
-        mcf.random = Some(RandomIdentity {
-            signer: Signer::new(&(*root).secret),
-            name: (*root).name,
-        });
+        mcf.random = Some(RandomIdentity::new((*root).secret, (*root).name));
         let fp = cookie::fingerprint(&(*root).secret);
         log_fingerprint(log, &fp, "random");
     }
