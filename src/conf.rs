@@ -220,14 +220,22 @@ unsafe fn conf_mut<'a, T>(conf: *mut c_void) -> &'a mut T {
     &mut *conf.cast::<T>()
 }
 
-extern "C" fn cmd_sessions(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn cmd_sessions(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: NGINX calls handlers with a valid `cf` and our location conf (LOC offset).
     let (cf_ref, lcf) = unsafe { (&*cf, conf_mut::<LocConf>(conf)) };
     if lcf.enabled.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
     let Some(on) = parse_on_off(value(cf_ref)) else {
-        return emerg!(cf, "invalid value \"{}\" in \"sessions\" directive, it must be \"on\" or \"off\"", show(value(cf_ref)));
+        return emerg!(
+            cf,
+            "invalid value \"{}\" in \"sessions\" directive, it must be \"on\" or \"off\"",
+            show(value(cf_ref))
+        );
     };
     lcf.enabled = Some(on);
     if on {
@@ -238,7 +246,11 @@ extern "C" fn cmd_sessions(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mu
     NGX_CONF_OK
 }
 
-extern "C" fn cmd_secret(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn cmd_secret(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: handler contract; SRV offset.
     let (cf_ref, scf) = unsafe { (&*cf, conf_mut::<SrvConf>(conf)) };
     let v = value(cf_ref);
@@ -262,7 +274,11 @@ extern "C" fn cmd_secret(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut 
     set_once!(scf.secret, secret, cf_ref)
 }
 
-extern "C" fn cmd_name(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn cmd_name(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: handler contract; SRV offset.
     let (cf_ref, scf) = unsafe { (&*cf, conf_mut::<SrvConf>(conf)) };
     let v = value(cf_ref);
@@ -281,7 +297,11 @@ extern "C" fn cmd_name(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_
     set_once!(scf.name, name, cf_ref)
 }
 
-extern "C" fn cmd_timeout(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn cmd_timeout(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: handler contract; SRV offset; `cmd` is our own table entry.
     let (cf_ref, scf, which) = unsafe { (&*cf, conf_mut::<SrvConf>(conf), (*cmd).offset) };
     let mut raw = args(cf_ref).get(1).copied().unwrap_or(ngx_str_t::empty());
@@ -289,7 +309,12 @@ extern "C" fn cmd_timeout(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *m
     let secs = unsafe { ngx_parse_time(&mut raw, 1) };
     let name = directive_name(cf_ref);
     if secs == ngx::ffi::NGX_ERROR as ngx_int_t {
-        return emerg!(cf, "invalid time \"{}\" in \"{}\" (use e.g. 1800, 30m, 1h, 1d)", show(value(cf_ref)), name);
+        return emerg!(
+            cf,
+            "invalid time \"{}\" in \"{}\" (use e.g. 1800, 30m, 1h, 1d)",
+            show(value(cf_ref)),
+            name
+        );
     }
     if secs <= 0 {
         return emerg!(cf, "\"{}\" must be greater than 0", name);
@@ -302,11 +327,20 @@ extern "C" fn cmd_timeout(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *m
     set_once!(*slot, secs as u64, cf_ref)
 }
 
-extern "C" fn cmd_check(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn cmd_check(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: handler contract; SRV offset; `cmd` is our own table entry.
     let (cf_ref, scf, which) = unsafe { (&*cf, conf_mut::<SrvConf>(conf), (*cmd).offset) };
     let Some(on) = parse_on_off(value(cf_ref)) else {
-        return emerg!(cf, "invalid value \"{}\" in \"{}\" directive, it must be \"on\" or \"off\"", show(value(cf_ref)), directive_name(cf_ref));
+        return emerg!(
+            cf,
+            "invalid value \"{}\" in \"{}\" directive, it must be \"on\" or \"off\"",
+            show(value(cf_ref)),
+            directive_name(cf_ref)
+        );
     };
     let slot = if which == 0 { &mut scf.check_ip } else { &mut scf.check_user_agent };
     if slot.is_some() {
@@ -316,7 +350,11 @@ extern "C" fn cmd_check(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut
     NGX_CONF_OK
 }
 
-extern "C" fn cmd_cookie_attr(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn cmd_cookie_attr(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: handler contract; SRV offset; `cmd` is our own table entry.
     let (cf_ref, scf, which) = unsafe { (&*cf, conf_mut::<SrvConf>(conf), (*cmd).offset) };
     let v = value(cf_ref);
@@ -335,7 +373,11 @@ extern "C" fn cmd_cookie_attr(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf
                 return emerg!(cf, "invalid \"sessions_cookie_path\" \"{}\": {}", show(v), e);
             }
             if !v.starts_with(b"/") {
-                return emerg!(cf, "invalid \"sessions_cookie_path\" \"{}\": it must start with \"/\"", show(v));
+                return emerg!(
+                    cf,
+                    "invalid \"sessions_cookie_path\" \"{}\": it must start with \"/\"",
+                    show(v)
+                );
             }
             set_once!(scf.path, v.to_vec(), cf_ref)
         }
@@ -360,7 +402,11 @@ extern "C" fn cmd_cookie_attr(cf: *mut ngx_conf_t, cmd: *mut ngx_command_t, conf
     }
 }
 
-extern "C" fn cmd_zone(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn cmd_zone(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: handler contract; MAIN offset.
     let (cf_ref, mcf) = unsafe { (&*cf, conf_mut::<MainConf>(conf)) };
     if mcf.zone_explicit {
@@ -368,7 +414,11 @@ extern "C" fn cmd_zone(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_
     }
     let v = value(cf_ref);
     let Some(colon) = v.iter().rposition(|&c| c == b':') else {
-        return emerg!(cf, "invalid \"sessions_zone\" \"{}\": expected name:size, e.g. sessions:10m", show(v));
+        return emerg!(
+            cf,
+            "invalid \"sessions_zone\" \"{}\": expected name:size, e.g. sessions:10m",
+            show(v)
+        );
     };
     let (name, size) = (&v[..colon], &v[colon + 1..]);
     if name.is_empty() {
@@ -382,7 +432,12 @@ extern "C" fn cmd_zone(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_
         return emerg!(cf, "invalid zone size \"{}\" in \"sessions_zone\"", show(size));
     }
     if (bytes as usize) < min {
-        return emerg!(cf, "zone \"{}\" is too small in \"sessions_zone\": at least {}k", show(name), min / 1024);
+        return emerg!(
+            cf,
+            "zone \"{}\" is too small in \"sessions_zone\": at least {}k",
+            show(name),
+            min / 1024
+        );
     }
     match shm::add_zone(cf, name, bytes as usize, mcf) {
         Ok(zone) => {
@@ -394,7 +449,11 @@ extern "C" fn cmd_zone(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_
     }
 }
 
-extern "C" fn cmd_redis(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn cmd_redis(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: handler contract; MAIN offset.
     let (cf_ref, mcf) = unsafe { (&*cf, conf_mut::<MainConf>(conf)) };
     let v = value(cf_ref);
@@ -412,7 +471,11 @@ extern "C" fn cmd_redis(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c
         Err(e) => return emerg!(cf, "invalid Redis URL in \"sessions_redis\": it {} (expected redis://[[user]:password@]host[:port][/db])", e),
     };
     // Resolved once, at start, like `proxy_pass host:port`.
-    let hostport = if u.host.contains(':') { format!("[{}]:{}", u.host, u.port) } else { format!("{}:{}", u.host, u.port) };
+    let hostport = if u.host.contains(':') {
+        format!("[{}]:{}", u.host, u.port)
+    } else {
+        format!("{}:{}", u.host, u.port)
+    };
     // SAFETY: `cf` is live; the URL copy and the resolved addresses live in the
     // configuration pool, as long as the cycle.
     unsafe {
@@ -422,7 +485,9 @@ extern "C" fn cmd_redis(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c
         let mut url: ngx::ffi::ngx_url_t = core::mem::zeroed();
         url.url = text;
         url.default_port = u.port;
-        if ngx::ffi::ngx_parse_url(cf_ref.pool, &mut url) != ngx::ffi::NGX_OK as ngx_int_t || url.naddrs == 0 {
+        if ngx::ffi::ngx_parse_url(cf_ref.pool, &mut url) != ngx::ffi::NGX_OK as ngx_int_t
+            || url.naddrs == 0
+        {
             let why = if url.err.is_null() {
                 "host not found".to_string()
             } else {
@@ -437,20 +502,32 @@ extern "C" fn cmd_redis(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c
     NGX_CONF_OK
 }
 
-extern "C" fn cmd_redis_timeout(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn cmd_redis_timeout(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: handler contract; MAIN offset.
     let (cf_ref, mcf) = unsafe { (&*cf, conf_mut::<MainConf>(conf)) };
     let mut raw = args(cf_ref).get(1).copied().unwrap_or(ngx_str_t::empty());
     // SAFETY: `raw` points into the parsed arguments.
     let ms = unsafe { ngx_parse_time(&mut raw, 0) };
     if ms == ngx::ffi::NGX_ERROR as ngx_int_t || ms <= 0 {
-        return emerg!(cf, "invalid time \"{}\" in \"sessions_redis_timeout\"", show(value(cf_ref)));
+        return emerg!(
+            cf,
+            "invalid time \"{}\" in \"sessions_redis_timeout\"",
+            show(value(cf_ref))
+        );
     }
     mcf.redis_timeout = Some(ms as ngx_msec_t);
     NGX_CONF_OK
 }
 
-extern "C" fn cmd_redis_keepalive(cf: *mut ngx_conf_t, _: *mut ngx_command_t, conf: *mut c_void) -> *mut c_char {
+extern "C" fn cmd_redis_keepalive(
+    cf: *mut ngx_conf_t,
+    _: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
     // SAFETY: handler contract; MAIN offset.
     let (cf_ref, mcf) = unsafe { (&*cf, conf_mut::<MainConf>(conf)) };
     match core::str::from_utf8(value(cf_ref)).ok().and_then(|s| s.parse::<usize>().ok()) {
@@ -467,7 +544,14 @@ const HTTP_SRV: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF;
 
 type Handler = extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
 
-const fn command(name: ngx_str_t, ctx: u32, args: u32, set: Handler, conf: usize, offset: usize) -> ngx_command_t {
+const fn command(
+    name: ngx_str_t,
+    ctx: u32,
+    args: u32,
+    set: Handler,
+    conf: usize,
+    offset: usize,
+) -> ngx_command_t {
     ngx_command_t {
         name,
         type_: (ctx | args) as ngx_uint_t,
@@ -481,22 +565,134 @@ const fn command(name: ngx_str_t, ctx: u32, args: u32, set: Handler, conf: usize
 /// The directive table. `offset` selects the field for handlers shared by several
 /// directives.
 pub static mut COMMANDS: [ngx_command_t; 18] = [
-    command(ngx_string!("sessions"), HTTP_ANY, NGX_CONF_FLAG, cmd_sessions, NGX_HTTP_LOC_CONF_OFFSET, 0),
-    command(ngx_string!("sessions_secret"), HTTP_SRV, NGX_CONF_TAKE1, cmd_secret, NGX_HTTP_SRV_CONF_OFFSET, 0),
-    command(ngx_string!("sessions_name"), HTTP_SRV, NGX_CONF_TAKE1, cmd_name, NGX_HTTP_SRV_CONF_OFFSET, 0),
-    command(ngx_string!("sessions_idling_timeout"), HTTP_SRV, NGX_CONF_TAKE1, cmd_timeout, NGX_HTTP_SRV_CONF_OFFSET, 0),
-    command(ngx_string!("sessions_rolling_timeout"), HTTP_SRV, NGX_CONF_TAKE1, cmd_timeout, NGX_HTTP_SRV_CONF_OFFSET, 1),
-    command(ngx_string!("sessions_absolute_timeout"), HTTP_SRV, NGX_CONF_TAKE1, cmd_timeout, NGX_HTTP_SRV_CONF_OFFSET, 2),
-    command(ngx_string!("sessions_check_ip"), HTTP_SRV, NGX_CONF_FLAG, cmd_check, NGX_HTTP_SRV_CONF_OFFSET, 0),
-    command(ngx_string!("sessions_check_user_agent"), HTTP_SRV, NGX_CONF_FLAG, cmd_check, NGX_HTTP_SRV_CONF_OFFSET, 1),
-    command(ngx_string!("sessions_cookie_domain"), HTTP_SRV, NGX_CONF_TAKE1, cmd_cookie_attr, NGX_HTTP_SRV_CONF_OFFSET, 0),
-    command(ngx_string!("sessions_cookie_path"), HTTP_SRV, NGX_CONF_TAKE1, cmd_cookie_attr, NGX_HTTP_SRV_CONF_OFFSET, 1),
-    command(ngx_string!("sessions_cookie_samesite"), HTTP_SRV, NGX_CONF_TAKE1, cmd_cookie_attr, NGX_HTTP_SRV_CONF_OFFSET, 2),
-    command(ngx_string!("sessions_cookie_secure"), HTTP_SRV, NGX_CONF_TAKE1, cmd_cookie_attr, NGX_HTTP_SRV_CONF_OFFSET, 3),
-    command(ngx_string!("sessions_zone"), NGX_HTTP_MAIN_CONF, NGX_CONF_TAKE1, cmd_zone, NGX_HTTP_MAIN_CONF_OFFSET, 0),
-    command(ngx_string!("sessions_redis"), NGX_HTTP_MAIN_CONF, NGX_CONF_TAKE1, cmd_redis, NGX_HTTP_MAIN_CONF_OFFSET, 0),
-    command(ngx_string!("sessions_redis_timeout"), NGX_HTTP_MAIN_CONF, NGX_CONF_TAKE1, cmd_redis_timeout, NGX_HTTP_MAIN_CONF_OFFSET, 0),
-    command(ngx_string!("sessions_redis_keepalive"), NGX_HTTP_MAIN_CONF, NGX_CONF_TAKE1, cmd_redis_keepalive, NGX_HTTP_MAIN_CONF_OFFSET, 0),
+    command(
+        ngx_string!("sessions"),
+        HTTP_ANY,
+        NGX_CONF_FLAG,
+        cmd_sessions,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    command(
+        ngx_string!("sessions_secret"),
+        HTTP_SRV,
+        NGX_CONF_TAKE1,
+        cmd_secret,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        0,
+    ),
+    command(
+        ngx_string!("sessions_name"),
+        HTTP_SRV,
+        NGX_CONF_TAKE1,
+        cmd_name,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        0,
+    ),
+    command(
+        ngx_string!("sessions_idling_timeout"),
+        HTTP_SRV,
+        NGX_CONF_TAKE1,
+        cmd_timeout,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        0,
+    ),
+    command(
+        ngx_string!("sessions_rolling_timeout"),
+        HTTP_SRV,
+        NGX_CONF_TAKE1,
+        cmd_timeout,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        1,
+    ),
+    command(
+        ngx_string!("sessions_absolute_timeout"),
+        HTTP_SRV,
+        NGX_CONF_TAKE1,
+        cmd_timeout,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        2,
+    ),
+    command(
+        ngx_string!("sessions_check_ip"),
+        HTTP_SRV,
+        NGX_CONF_FLAG,
+        cmd_check,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        0,
+    ),
+    command(
+        ngx_string!("sessions_check_user_agent"),
+        HTTP_SRV,
+        NGX_CONF_FLAG,
+        cmd_check,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        1,
+    ),
+    command(
+        ngx_string!("sessions_cookie_domain"),
+        HTTP_SRV,
+        NGX_CONF_TAKE1,
+        cmd_cookie_attr,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        0,
+    ),
+    command(
+        ngx_string!("sessions_cookie_path"),
+        HTTP_SRV,
+        NGX_CONF_TAKE1,
+        cmd_cookie_attr,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        1,
+    ),
+    command(
+        ngx_string!("sessions_cookie_samesite"),
+        HTTP_SRV,
+        NGX_CONF_TAKE1,
+        cmd_cookie_attr,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        2,
+    ),
+    command(
+        ngx_string!("sessions_cookie_secure"),
+        HTTP_SRV,
+        NGX_CONF_TAKE1,
+        cmd_cookie_attr,
+        NGX_HTTP_SRV_CONF_OFFSET,
+        3,
+    ),
+    command(
+        ngx_string!("sessions_zone"),
+        NGX_HTTP_MAIN_CONF,
+        NGX_CONF_TAKE1,
+        cmd_zone,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        0,
+    ),
+    command(
+        ngx_string!("sessions_redis"),
+        NGX_HTTP_MAIN_CONF,
+        NGX_CONF_TAKE1,
+        cmd_redis,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        0,
+    ),
+    command(
+        ngx_string!("sessions_redis_timeout"),
+        NGX_HTTP_MAIN_CONF,
+        NGX_CONF_TAKE1,
+        cmd_redis_timeout,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        0,
+    ),
+    command(
+        ngx_string!("sessions_redis_keepalive"),
+        NGX_HTTP_MAIN_CONF,
+        NGX_CONF_TAKE1,
+        cmd_redis_keepalive,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        0,
+    ),
     ngx_command_t::empty(),
     ngx_command_t::empty(),
 ];

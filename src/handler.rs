@@ -6,9 +6,9 @@ use core::mem::size_of;
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_http_request_t, ngx_int_t, ngx_list_part_t, ngx_list_push, ngx_palloc,
-    ngx_event_t, ngx_pool_cleanup_add, ngx_pool_cleanup_t, ngx_table_elt_t, ngx_time, NGX_DECLINED,
-    NGX_DONE, NGX_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
+    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_list_part_t, ngx_list_push, ngx_palloc,
+    ngx_pool_cleanup_add, ngx_pool_cleanup_t, ngx_table_elt_t, ngx_time, NGX_DECLINED, NGX_DONE,
+    NGX_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_log_error;
@@ -147,11 +147,11 @@ unsafe fn set_ctx(r: *mut ngx_http_request_t, eval: Evaluation) -> Option<&'stat
 ///
 /// # Safety
 /// `part` must be the first part of a live header list.
-unsafe fn for_each_header(mut part: *const ngx_list_part_t, mut f: impl FnMut(&ngx_table_elt_t)) {
+unsafe fn for_each_header(mut part: *mut ngx_list_part_t, mut f: impl FnMut(&mut ngx_table_elt_t)) {
     while !part.is_null() {
         let elts = (*part).elts.cast::<ngx_table_elt_t>();
         for i in 0..(*part).nelts {
-            f(&*elts.add(i));
+            f(&mut *elts.add(i));
         }
         part = (*part).next;
     }
@@ -163,7 +163,7 @@ unsafe fn for_each_header(mut part: *const ngx_list_part_t, mut f: impl FnMut(&n
 /// `r` is a live request.
 unsafe fn incoming(r: &ngx_http_request_t, id: &Identity) -> Incoming {
     let mut cookies = CookieCollector::new(id.signer, id.name);
-    for_each_header(&r.headers_in.headers.part, |h| {
+    for_each_header(ptr::addr_of!(r.headers_in.headers.part).cast_mut(), |h| {
         if h.key.as_bytes().eq_ignore_ascii_case(b"cookie") {
             cookies.header(h.value.as_bytes());
         }
@@ -219,7 +219,9 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
 
     // SAFETY: the zone is declared in this cycle and initialised before workers start.
     let eval = match unsafe { Locked::lock(mcf.zone) } {
-        Some(mut table) => session::evaluate(&mut table, incoming, id.signer, now, &res.policy, &client),
+        Some(mut table) => {
+            session::evaluate(&mut table, incoming, id.signer, now, &res.policy, &client)
+        }
         None => Evaluation {
             status: Status::Error,
             id: match incoming {
@@ -243,10 +245,18 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
 fn log_outcome(log: *mut ngx::ffi::ngx_log_t, eval: &Evaluation, incoming: Incoming) {
     match eval.status {
         Status::Invalid if incoming == Incoming::Invalid => {
-            ngx_log_error!(NGX_LOG_INFO, log, "sessions: rejected a session cookie that failed verification");
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                log,
+                "sessions: rejected a session cookie that failed verification"
+            );
         }
         Status::Mismatch => {
-            ngx_log_error!(NGX_LOG_INFO, log, "sessions: client address or User-Agent changed, session destroyed");
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                log,
+                "sessions: client address or User-Agent changed, session destroyed"
+            );
         }
         _ => {}
     }
@@ -268,7 +278,8 @@ unsafe fn start_redis(
         return NGX_ERROR as ngx_int_t;
     };
     let needs_identity = res.signer.is_none() || res.name.is_none();
-    let stale = redis_identity().is_none_or(|(_, at)| now_secs().saturating_sub(*at) >= IDENTITY_REFRESH);
+    let stale =
+        redis_identity().is_none_or(|(_, at)| now_secs().saturating_sub(*at) >= IDENTITY_REFRESH);
     let sent = if needs_identity && stale {
         match &mcf.random {
             Some(local) => {
@@ -297,7 +308,10 @@ unsafe fn start_redis(
 ///
 /// # Safety
 /// `ctx.request` is live.
-unsafe fn session_step(ctx: &mut RequestCtx, reply: Option<Result<Reply, crate::redis::Failure>>) -> bool {
+unsafe fn session_step(
+    ctx: &mut RequestCtx,
+    reply: Option<Result<Reply, crate::redis::Failure>>,
+) -> bool {
     let req = &*ctx.request;
     let (Some(mcf), Some(scf)) = (Module::main_conf(req), Module::server_conf(req)) else {
         return false;
@@ -370,7 +384,11 @@ fn adopt_identity(value: &[u8], log: *mut ngx::ffi::ngx_log_t) {
     };
     let changed = redis_identity().is_none_or(|(i, _)| i.secret != secret || i.name != name);
     if changed {
-        crate::shm::log_fingerprint(log, &cookie::fingerprint(&secret), "random, shared through Redis");
+        crate::shm::log_fingerprint(
+            log,
+            &cookie::fingerprint(&secret),
+            "random, shared through Redis",
+        );
     }
     // SAFETY: per-worker state, this worker's thread.
     unsafe {
@@ -466,13 +484,13 @@ unsafe fn set_cookie(r: *mut ngx_http_request_t, eval: &Evaluation) -> Option<()
     let n = cookie::write_set_cookie(out, id.name, &value, &res.suffix, secure);
 
     // Never two Set-Cookie lines for our name: hide one an upstream may have sent.
-    for_each_header(&req.headers_out.headers.part, |h| {
+    for_each_header(&mut req.headers_out.headers.part, |h| {
         if h.hash != 0
             && h.key.as_bytes().eq_ignore_ascii_case(b"set-cookie")
             && h.value.as_bytes().strip_prefix(id.name).is_some_and(|v| v.first() == Some(&b'='))
         {
             // Filters skip headers with hash 0 (NGINX's way of deleting one).
-            ptr::from_ref(h).cast_mut().as_mut().map(|h| h.hash = 0);
+            h.hash = 0;
         }
     });
 

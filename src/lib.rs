@@ -18,13 +18,12 @@ use core::ptr;
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_array_push, ngx_conf_t, ngx_http_core_main_conf_t, ngx_http_handler_pt,
-    ngx_http_module_t, ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_int_t, ngx_module_t,
-    ngx_uint_t, NGX_ERROR, NGX_HTTP_MODULE, NGX_OK,
+    ngx_array_push, ngx_conf_t, ngx_http_core_main_conf_t, ngx_http_handler_pt, ngx_http_module_t,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_ERROR,
+    NGX_HTTP_MODULE, NGX_OK,
 };
 use ngx::http::{
-    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
-    NgxHttpCoreModule,
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
 };
 use ngx::ngx_conf_log_error;
 
@@ -47,8 +46,10 @@ impl HttpModule for Module {
             return NGX_ERROR as ngx_int_t;
         };
         let cmcf: &mut ngx_http_core_main_conf_t = cmcf;
-        let slot = ngx_array_push(&mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize].handlers)
-            .cast::<ngx_http_handler_pt>();
+        let slot = ngx_array_push(
+            &mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize].handlers,
+        )
+        .cast::<ngx_http_handler_pt>();
         if slot.is_null() {
             return NGX_ERROR as ngx_int_t;
         }
@@ -116,7 +117,11 @@ unsafe extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     conf::alloc_conf::<SrvConf>(cf)
 }
 
-unsafe extern "C" fn merge_srv_conf(cf: *mut ngx_conf_t, prev: *mut c_void, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn merge_srv_conf(
+    cf: *mut ngx_conf_t,
+    prev: *mut c_void,
+    conf: *mut c_void,
+) -> *mut c_char {
     let prev = &*prev.cast::<SrvConf>();
     let conf = &mut *conf.cast::<SrvConf>();
     match conf.merge(prev, cf) {
@@ -129,7 +134,11 @@ unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     conf::alloc_conf::<LocConf>(cf)
 }
 
-unsafe extern "C" fn merge_loc_conf(_cf: *mut ngx_conf_t, prev: *mut c_void, conf: *mut c_void) -> *mut c_char {
+unsafe extern "C" fn merge_loc_conf(
+    _cf: *mut ngx_conf_t,
+    prev: *mut c_void,
+    conf: *mut c_void,
+) -> *mut c_char {
     let prev = &*prev.cast::<LocConf>();
     let conf = &mut *conf.cast::<LocConf>();
     if conf.enabled.is_none() {

@@ -9,10 +9,11 @@
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_close_connection, ngx_connection_t, ngx_current_msec, ngx_del_timer, ngx_event_connect_peer,
-    ngx_event_get_peer, ngx_event_t, ngx_exiting, ngx_handle_read_event, ngx_handle_write_event,
-    ngx_log_t, ngx_msec_t, ngx_peer_connection_t, ngx_str_t, sockaddr, socklen_t, NGX_AGAIN,
-    ngx_connection_log_error_e_NGX_ERROR_ERR as NGX_ERROR_ERR, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_OK,
+    ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_ERR as NGX_ERROR_ERR,
+    ngx_connection_t, ngx_current_msec, ngx_del_timer, ngx_event_connect_peer, ngx_event_get_peer,
+    ngx_event_t, ngx_exiting, ngx_handle_read_event, ngx_handle_write_event, ngx_log_t, ngx_msec_t,
+    ngx_peer_connection_t, ngx_str_t, sockaddr, socklen_t, NGX_AGAIN, NGX_LOG_ERR, NGX_LOG_NOTICE,
+    NGX_OK,
 };
 use ngx::ngx_log_error;
 
@@ -143,7 +144,11 @@ fn cycle_log() -> *mut ngx_log_t {
 /// # Safety
 /// `upstream` outlives the worker's cycle; `waiter` stays valid until `done` is called
 /// or it is cancelled.
-pub unsafe fn execute(upstream: &Upstream, command: Vec<u8>, waiter: *mut Waiter) -> Result<(), Failure> {
+pub unsafe fn execute(
+    upstream: &Upstream,
+    command: Vec<u8>,
+    waiter: *mut Waiter,
+) -> Result<(), Failure> {
     let w = worker();
     if w.down && now() < w.retry_at {
         return Err(Failure::Down);
@@ -160,10 +165,7 @@ pub unsafe fn execute(upstream: &Upstream, command: Vec<u8>, waiter: *mut Waiter
         start_on(conn, command, waiter, true);
         return Ok(());
     }
-    let conn = connect(upstream).map_err(|f| {
-        mark_down(upstream, f);
-        f
-    })?;
+    let conn = connect(upstream).inspect_err(|&f| mark_down(upstream, f))?;
     start_on(conn, command, waiter, false);
     Ok(())
 }
@@ -350,7 +352,12 @@ unsafe fn read_reply(conn: *mut Conn) {
                 Phase::Setup(i) => {
                     if let Reply::Error(e) = &reply {
                         if !worker().down {
-                            ngx_log_error!(NGX_LOG_ERR, cycle_log(), "sessions: Redis refused AUTH or SELECT: {}", e);
+                            ngx_log_error!(
+                                NGX_LOG_ERR,
+                                cycle_log(),
+                                "sessions: Redis refused AUTH or SELECT: {}",
+                                e
+                            );
                         }
                         fail(conn, Failure::Setup);
                         return;
@@ -472,6 +479,11 @@ fn mark_up(up: &Upstream) {
     let w = worker();
     if w.down {
         w.down = false;
-        ngx_log_error!(NGX_LOG_NOTICE, cycle_log(), "sessions: Redis at {} is available again", upstream_name(up));
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            cycle_log(),
+            "sessions: Redis at {} is available again",
+            upstream_name(up)
+        );
     }
 }

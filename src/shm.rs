@@ -15,8 +15,8 @@ use core::ptr;
 use ngx::ffi::{
     ngx_int_t, ngx_log_t, ngx_pagesize, ngx_queue_t, ngx_rbtree_delete, ngx_rbtree_insert,
     ngx_rbtree_insert_value, ngx_rbtree_node_t, ngx_rbtree_t, ngx_shared_memory_add,
-    ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc_locked,
-    ngx_slab_free_locked, ngx_slab_pool_t, ngx_str_t, NGX_ERROR, NGX_LOG_NOTICE, NGX_OK,
+    ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_free_locked,
+    ngx_slab_pool_t, ngx_str_t, NGX_ERROR, NGX_LOG_NOTICE, NGX_OK,
 };
 use ngx::ffi::{
     ngx_queue_empty, ngx_queue_init, ngx_queue_insert_after, ngx_queue_remove, ngx_rbtree_init,
@@ -91,10 +91,18 @@ pub fn add_zone(
     // of `zname` that it does not keep in the cycle pool (it stores the pointer, which
     // points into the parsed configuration or a static, both living long enough).
     let zone = unsafe {
-        ngx_shared_memory_add(cf, &mut zname, size, ptr::addr_of_mut!(crate::ngx_http_sessions_module).cast())
+        ngx_shared_memory_add(
+            cf,
+            &mut zname,
+            size,
+            ptr::addr_of_mut!(crate::ngx_http_sessions_module).cast(),
+        )
     };
     if zone.is_null() {
-        return Err(format!("cannot declare the shared memory zone \"{}\"", String::from_utf8_lossy(name)));
+        return Err(format!(
+            "cannot declare the shared memory zone \"{}\"",
+            String::from_utf8_lossy(name)
+        ));
     }
     // SAFETY: `zone` was just returned by NGINX for this cycle.
     unsafe {
@@ -114,7 +122,11 @@ unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
     // SAFETY: NGINX calls this with the zone it mapped; `data` is the `MainConf` set in
     // `add_zone`, alive for the cycle being initialised.
     let (pool, mcf, log) = unsafe {
-        ((*zone).shm.addr.cast::<ngx_slab_pool_t>(), &mut *(*zone).data.cast::<MainConf>(), (*zone).shm.log)
+        (
+            (*zone).shm.addr.cast::<ngx_slab_pool_t>(),
+            &mut *(*zone).data.cast::<MainConf>(),
+            (*zone).shm.log,
+        )
     };
     // SAFETY: the zone is mapped and slab-initialised; the master is single-threaded here
     // and workers do not exist yet, so no lock is needed.
@@ -284,7 +296,10 @@ impl Locked {
     fn expire_some(&mut self, now: u64) {
         // SAFETY: lock held; queues hold live nodes.
         unsafe {
-            for q in [ptr::addr_of_mut!((*self.root).probation), ptr::addr_of_mut!((*self.root).protected)] {
+            for q in [
+                ptr::addr_of_mut!((*self.root).probation),
+                ptr::addr_of_mut!((*self.root).protected),
+            ] {
                 for _ in 0..EXPIRE_PER_INSERT {
                     match Self::tail(q) {
                         Some(n) if (*n).expires <= now => self.free(n),

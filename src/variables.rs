@@ -14,7 +14,11 @@ use ngx::ngx_string;
 use crate::handler::{get_ctx, identity};
 use crate::Module;
 
-type Getter = unsafe extern "C" fn(*mut ngx_http_request_t, *mut ngx_http_variable_value_t, usize) -> ngx_int_t;
+type Getter = unsafe extern "C" fn(
+    *mut ngx_http_request_t,
+    *mut ngx_http_variable_value_t,
+    usize,
+) -> ngx_int_t;
 
 const VARIABLES: [(ngx_str_t, Getter); 3] = [
     (ngx_string!("session_id"), get_session_id),
@@ -60,7 +64,11 @@ unsafe fn not_found(v: *mut ngx_http_variable_value_t) -> ngx_int_t {
 ///
 /// # Safety
 /// `r` and `v` are live.
-unsafe fn set_copy(r: *mut ngx_http_request_t, v: *mut ngx_http_variable_value_t, bytes: &[u8]) -> ngx_int_t {
+unsafe fn set_copy(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    bytes: &[u8],
+) -> ngx_int_t {
     let p = ngx_palloc((*r).pool, bytes.len()).cast::<u8>();
     if p.is_null() {
         return NGX_ERROR as ngx_int_t;
@@ -70,7 +78,11 @@ unsafe fn set_copy(r: *mut ngx_http_request_t, v: *mut ngx_http_variable_value_t
     NGX_OK as ngx_int_t
 }
 
-unsafe extern "C" fn get_session_id(r: *mut ngx_http_request_t, v: *mut ngx_http_variable_value_t, _: usize) -> ngx_int_t {
+unsafe extern "C" fn get_session_id(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    _: usize,
+) -> ngx_int_t {
     // SAFETY: NGINX passes a live request and value; subrequests share the main context.
     unsafe {
         match get_ctx((*r).main).and_then(|c| c.eval.id) {
@@ -80,7 +92,11 @@ unsafe extern "C" fn get_session_id(r: *mut ngx_http_request_t, v: *mut ngx_http
     }
 }
 
-unsafe extern "C" fn get_session_id_hash(r: *mut ngx_http_request_t, v: *mut ngx_http_variable_value_t, _: usize) -> ngx_int_t {
+unsafe extern "C" fn get_session_id_hash(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    _: usize,
+) -> ngx_int_t {
     // SAFETY: as above.
     unsafe {
         let Some(id) = get_ctx((*r).main).and_then(|c| c.eval.id) else {
@@ -97,7 +113,11 @@ unsafe extern "C" fn get_session_id_hash(r: *mut ngx_http_request_t, v: *mut ngx
     }
 }
 
-unsafe extern "C" fn get_session_status(r: *mut ngx_http_request_t, v: *mut ngx_http_variable_value_t, _: usize) -> ngx_int_t {
+unsafe extern "C" fn get_session_status(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    _: usize,
+) -> ngx_int_t {
     // SAFETY: as above; the status text is a static string.
     unsafe {
         match get_ctx((*r).main) {

@@ -65,7 +65,9 @@ fn benches(c: &mut Criterion) {
     });
     c.bench_function("client_new", |b| b.iter(|| Client::new(black_box(ADDR), black_box(UA))));
     c.bench_function("decide", |b| {
-        b.iter(|| session::decide(black_box(&rec), black_box(NOW), black_box(&POLICY), black_box(&client)))
+        b.iter(|| {
+            session::decide(black_box(&rec), black_box(NOW), black_box(&POLICY), black_box(&client))
+        })
     });
     c.bench_function("store_key", |b| b.iter(|| black_box(&id).store_key()));
     // The three together, as one returning request does them (the table lookup between

@@ -36,10 +36,10 @@ pub struct SessionId(pub [u8; ID_LEN]);
 pub struct StoreKey(pub [u8; 16]);
 
 impl SessionId {
-    /// A fresh ID from the thread's CSPRNG (ChaCha, reseeded from the OS, also after fork).
+    /// A fresh ID from the process's CSPRNG (see [`fill_random`]).
     pub fn random() -> Self {
         let mut id = [0u8; ID_LEN];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut id[..]);
+        fill_random(&mut id);
         SessionId(id)
     }
 
@@ -56,6 +56,29 @@ impl SessionId {
         key.copy_from_slice(&digest[..16]);
         StoreKey(key)
     }
+}
+
+thread_local! {
+    /// ChaCha12 seeded from the OS, tagged with the process it was seeded in.
+    static RNG: std::cell::RefCell<Option<(u32, rand::rngs::StdRng)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Fills `buf` from a CSPRNG that is never shared across `fork`: NGINX workers are forked
+/// from the master (and re-forked on reload), and a generator state inherited from the
+/// parent would hand out the same IDs in every worker. The generator is seeded from the
+/// OS in the process that uses it, and reseeded when the process ID changes.
+pub fn fill_random(buf: &mut [u8]) {
+    use rand::{RngCore, SeedableRng};
+    let pid = std::process::id();
+    RNG.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let rng = match &mut *slot {
+            Some((owner, rng)) if *owner == pid => rng,
+            _ => &mut slot.insert((pid, rand::rngs::StdRng::from_entropy())).1,
+        };
+        rng.fill_bytes(buf);
+    });
 }
 
 /// The keyed operations of one secret. Cloning a keyed HMAC is a memcpy, so the key
@@ -294,8 +317,7 @@ fn hex_encode(src: &[u8], out: &mut [u8]) {
 
 /// RFC 9110 `tchar`, the characters of a cookie name.
 pub fn is_token(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.iter().all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+    !s.is_empty() && s.iter().all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
 /// The `SameSite` attribute.
@@ -471,7 +493,9 @@ pub fn random_name() -> [u8; 16] {
     const ALNUM: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut name = [0u8; 16];
     name[0] = b's';
-    let mut rng = rand::thread_rng();
+    // Made once per zone, in the master: straight from the OS, no generator state left
+    // behind for the workers to inherit.
+    let mut rng = rand::rngs::OsRng;
     for c in &mut name[1..] {
         *c = ALNUM[rand::Rng::gen_range(&mut rng, 0..ALNUM.len())];
     }
@@ -667,6 +691,29 @@ mod tests {
         assert_eq!(n, buf.len());
         assert!(buf.starts_with(b"sid=AAAAAAAAAAAAAAAAAAAAAA."));
         assert!(buf.ends_with(b"; Path=/; HttpOnly; SameSite=Lax; Secure"));
+    }
+
+    #[test]
+    fn ids_differ_after_fork() {
+        // Warm the generator in this process, then fork: parent and child must differ.
+        let _ = SessionId::random();
+        let mut fds = [0i32; 2];
+        // SAFETY: plain POSIX calls; the child only computes, writes 16 bytes and exits.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                let id = SessionId::random();
+                libc::write(fds[1], id.0.as_ptr().cast(), 16);
+                libc::_exit(0);
+            }
+            let parent = SessionId::random();
+            let mut child = [0u8; 16];
+            assert_eq!(libc::read(fds[0], child.as_mut_ptr().cast(), 16), 16);
+            libc::waitpid(pid, core::ptr::null_mut(), 0);
+            assert_ne!(parent.0, child);
+        }
     }
 
     #[test]

@@ -59,11 +59,30 @@ pub fn key_name(key: &StoreKey) -> Vec<u8> {
 /// A command of the algorithm.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    Get { key: StoreKey },
-    Create { key: StoreKey, record: Record, ttl: u64 },
-    Cas { key: StoreKey, expected: Record, new: Record, ttl: u64, successor: Option<(StoreKey, Record, u64)> },
-    Replace { old: StoreKey, key: StoreKey, record: Record, ttl: u64 },
-    Identity { proposal: [u8; IDENTITY_LEN] },
+    Get {
+        key: StoreKey,
+    },
+    Create {
+        key: StoreKey,
+        record: Record,
+        ttl: u64,
+    },
+    Cas {
+        key: StoreKey,
+        expected: Record,
+        new: Record,
+        ttl: u64,
+        successor: Option<(StoreKey, Record, u64)>,
+    },
+    Replace {
+        old: StoreKey,
+        key: StoreKey,
+        record: Record,
+        ttl: u64,
+    },
+    Identity {
+        proposal: [u8; IDENTITY_LEN],
+    },
 }
 
 impl Command {
@@ -162,9 +181,9 @@ pub fn parse_reply(buf: &[u8]) -> Parsed {
             Value::SimpleString(s) if s == "OK" => Reply::Ok,
             Value::Int(i) => Reply::Int(i),
             Value::BulkString(b) => Reply::Bulk(b),
-            Value::ServerError(e) => {
-                Reply::Error(format!("{} {}", e.code(), e.details().unwrap_or("")).trim().to_string())
-            }
+            Value::ServerError(e) => Reply::Error(
+                format!("{} {}", e.code(), e.details().unwrap_or("")).trim().to_string(),
+            ),
             other => Reply::Error(format!("unexpected reply {other:?}")),
         }),
         Err(e) if e.is_io_error() => Parsed::Incomplete,
@@ -181,10 +200,18 @@ pub enum Step {
 
 #[derive(Clone, Copy, Debug)]
 enum State {
-    Looking { id: SessionId },
+    Looking {
+        id: SessionId,
+    },
     /// A compare-and-set of `id`'s record is in flight: a touch, or a renewal to `next`.
-    Writing { id: SessionId, next: Option<SessionId> },
-    Creating { status: Status, id: SessionId },
+    Writing {
+        id: SessionId,
+        next: Option<SessionId>,
+    },
+    Creating {
+        status: Status,
+        id: SessionId,
+    },
     Done,
 }
 
@@ -263,7 +290,11 @@ impl Flow {
                 self.attempts += 1;
                 if self.attempts > MAX_ATTEMPTS {
                     // Others keep writing this record; it is alive, so let it be.
-                    return self.done(Evaluation { status: Status::Valid, id: Some(id), set_cookie: false });
+                    return self.done(Evaluation {
+                        status: Status::Valid,
+                        id: Some(id),
+                        set_cookie: false,
+                    });
                 }
                 let new = Record { last_seen: now, ..rec };
                 self.state = State::Writing { id, next: None };
@@ -320,10 +351,16 @@ impl Flow {
             },
             State::Writing { id, next } => match reply {
                 Reply::Int(1) => match next {
-                    Some(next) => {
-                        self.done(Evaluation { status: Status::Renewed, id: Some(next), set_cookie: true })
-                    }
-                    None => self.done(Evaluation { status: Status::Valid, id: Some(id), set_cookie: false }),
+                    Some(next) => self.done(Evaluation {
+                        status: Status::Renewed,
+                        id: Some(next),
+                        set_cookie: true,
+                    }),
+                    None => self.done(Evaluation {
+                        status: Status::Valid,
+                        id: Some(id),
+                        set_cookie: false,
+                    }),
                 },
                 // Someone else changed the record since we read it: decide again on theirs.
                 Reply::Bulk(b) => match Record::decode(&b) {
@@ -528,11 +565,16 @@ mod tests {
     fn resp_parsing() {
         assert_eq!(parse_reply(b""), Parsed::Incomplete);
         assert_eq!(parse_reply(b"$5\r\nhel"), Parsed::Incomplete);
-        assert_eq!(parse_reply(b"$5\r\nhello\r\n"), Parsed::Complete(Reply::Bulk(b"hello".to_vec())));
+        assert_eq!(
+            parse_reply(b"$5\r\nhello\r\n"),
+            Parsed::Complete(Reply::Bulk(b"hello".to_vec()))
+        );
         assert_eq!(parse_reply(b"$-1\r\n"), Parsed::Complete(Reply::Nil));
         assert_eq!(parse_reply(b"+OK\r\n"), Parsed::Complete(Reply::Ok));
         assert_eq!(parse_reply(b":1\r\n"), Parsed::Complete(Reply::Int(1)));
-        assert!(matches!(parse_reply(b"-NOAUTH Authentication required.\r\n"), Parsed::Complete(Reply::Error(e)) if e.contains("NOAUTH")));
+        assert!(
+            matches!(parse_reply(b"-NOAUTH Authentication required.\r\n"), Parsed::Complete(Reply::Error(e)) if e.contains("NOAUTH"))
+        );
         assert_eq!(parse_reply(b"!!garbage\r\n"), Parsed::Garbage);
     }
 

@@ -57,8 +57,7 @@ pub fn parse(url: &str) -> Result<RedisUrl, &'static str> {
         "" => 0,
         p => p.parse::<u32>().map_err(|_| "database must be a number, as in \"/0\"")?,
     };
-    if [&user, &password].iter().any(|s| s.as_ref().is_some_and(|s| s.bytes().any(|c| c < b' ')))
-    {
+    if [&user, &password].iter().any(|s| s.as_ref().is_some_and(|s| s.bytes().any(|c| c < b' '))) {
         return Err("has control characters in the credentials");
     }
     Ok(RedisUrl { user, password, host: host.to_string(), port, db })
@@ -78,7 +77,10 @@ mod tests {
     #[test]
     fn good_urls() {
         let u = parse("redis://127.0.0.1").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.db, u.user, u.password), ("127.0.0.1", 6379, 0, None, None));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.db, u.user, u.password),
+            ("127.0.0.1", 6379, 0, None, None)
+        );
         let u = parse("redis://:pw@localhost:6380/3").unwrap();
         assert_eq!((u.port, u.db, u.user, u.password.as_deref()), (6380, 3, None, Some("pw")));
         let u = parse("redis://bob:pw@[::1]:7000/").unwrap();

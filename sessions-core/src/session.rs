@@ -267,13 +267,22 @@ pub fn evaluate<T: Table>(
                             let rec = Record { last_seen: now, ..rec };
                             table.update(&key, &rec, rec.expires_at(policy));
                         }
-                        return Evaluation { status: Status::Valid, id: Some(id), set_cookie: false };
+                        return Evaluation {
+                            status: Status::Valid,
+                            id: Some(id),
+                            set_cookie: false,
+                        };
                     }
                     Verdict::Renew => {
                         let next = signer.successor(&id);
                         let succ = rec.successor(now);
-                        match table.insert(&next.store_key(), &succ, succ.expires_at(policy), true, now)
-                        {
+                        match table.insert(
+                            &next.store_key(),
+                            &succ,
+                            succ.expires_at(policy),
+                            true,
+                            now,
+                        ) {
                             Ok(()) | Err(StoreError::Exists) => {}
                             Err(StoreError::Unavailable) => {
                                 return Evaluation {
@@ -285,7 +294,11 @@ pub fn evaluate<T: Table>(
                         }
                         let old = Record { renewed_at: now, last_seen: now, ..rec };
                         table.update(&key, &old, old.expires_at(policy));
-                        return Evaluation { status: Status::Renewed, id: Some(next), set_cookie: true };
+                        return Evaluation {
+                            status: Status::Renewed,
+                            id: Some(next),
+                            set_cookie: true,
+                        };
                     }
                     Verdict::Successor => {
                         return Evaluation {
@@ -445,7 +458,10 @@ mod tests {
         // In-flight requests with the old ID get the same successor.
         for dt in 0..=RENEWAL_GRACE {
             let e2 = again(&mut t, id, 1060 + dt, &ALICE);
-            assert_eq!(e2, Evaluation { status: Status::Renewed, id: Some(next), set_cookie: true });
+            assert_eq!(
+                e2,
+                Evaluation { status: Status::Renewed, id: Some(next), set_cookie: true }
+            );
         }
         assert_eq!(again(&mut t, next, 1065, &ALICE).status, Status::Valid);
         assert_eq!(again(&mut t, id, 1060 + RENEWAL_GRACE + 1, &ALICE).status, Status::Invalid);
