@@ -3,7 +3,7 @@
 # Debian 12 machine lacks. As root it runs apt-get; otherwise it prints the exact command.
 set -euo pipefail
 
-packages=(make gcc libclang-dev libpcre2-dev libssl-dev zlib1g-dev pkg-config ssl-cert redis-server wrk)
+packages=(make gcc libclang-dev libpcre2-dev libssl-dev zlib1g-dev pkg-config ssl-cert openssl curl redis-server wrk)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
