@@ -50,7 +50,7 @@ impl Origin {
 
 /// A value from a directive, with where it was set.
 #[derive(Clone, Copy)]
-pub struct Setting<T> {
+struct Setting<T> {
     pub value: T,
     origin: Option<Origin>,
 }
@@ -97,12 +97,14 @@ impl MainConf {
     }
 }
 
-pub enum SecretSetting {
+#[derive(Clone)]
+enum SecretSetting {
     Random,
     Key(Vec<u8>),
 }
 
-pub enum NameSetting {
+#[derive(Clone)]
+enum NameSetting {
     Random,
     Fixed(Vec<u8>),
 }
@@ -743,38 +745,24 @@ fn inherit<T: Copy>(child: &mut Option<T>, parent: &Option<T>) {
     }
 }
 
+fn inherit_clone<T: Clone>(child: &mut Option<T>, parent: &Option<T>) {
+    if child.is_none() {
+        child.clone_from(parent);
+    }
+}
+
 impl SrvConf {
     /// Merges with the enclosing level and resolves everything requests need.
     pub fn merge(&mut self, prev: &SrvConf, cf: *mut ngx_conf_t) -> Result<(), *mut c_char> {
-        if self.secret.is_none() {
-            self.secret = prev.secret.as_ref().map(|s| Setting {
-                value: match &s.value {
-                    SecretSetting::Random => SecretSetting::Random,
-                    SecretSetting::Key(k) => SecretSetting::Key(k.clone()),
-                },
-                origin: s.origin,
-            });
-        }
-        if self.name.is_none() {
-            self.name = prev.name.as_ref().map(|s| Setting {
-                value: match &s.value {
-                    NameSetting::Random => NameSetting::Random,
-                    NameSetting::Fixed(n) => NameSetting::Fixed(n.clone()),
-                },
-                origin: s.origin,
-            });
-        }
+        inherit_clone(&mut self.secret, &prev.secret);
+        inherit_clone(&mut self.name, &prev.name);
         inherit(&mut self.idle, &prev.idle);
         inherit(&mut self.rolling, &prev.rolling);
         inherit(&mut self.absolute, &prev.absolute);
         inherit(&mut self.check_ip, &prev.check_ip);
         inherit(&mut self.check_user_agent, &prev.check_user_agent);
-        if self.domain.is_none() {
-            self.domain = prev.domain.clone();
-        }
-        if self.path.is_none() {
-            self.path = prev.path.clone();
-        }
+        inherit_clone(&mut self.domain, &prev.domain);
+        inherit_clone(&mut self.path, &prev.path);
         inherit(&mut self.samesite, &prev.samesite);
         inherit(&mut self.secure, &prev.secure);
 
