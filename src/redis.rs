@@ -165,7 +165,7 @@ pub unsafe fn execute(
         start_on(conn, command, waiter, true);
         return Ok(());
     }
-    let conn = connect(upstream).inspect_err(|&f| mark_down(upstream, f))?;
+    let conn = connect(upstream).inspect_err(|&f| mark_down(upstream, f.as_str()))?;
     start_on(conn, command, waiter, false);
     Ok(())
 }
@@ -332,8 +332,9 @@ unsafe fn read_reply(conn: *mut Conn) {
         if n == NGX_AGAIN as isize {
             break;
         }
-        // EOF or an error before a whole reply.
-        fail(conn, Failure::Closed);
+        // EOF or an error before a whole reply: on a fresh connection that is Redis
+        // refusing us (e.g. connection refused), on a pooled one a stale connection.
+        fail(conn, if (*conn).reused { Failure::Closed } else { Failure::Connect });
         return;
     }
     match parse_reply(&(*conn).input) {
@@ -351,14 +352,7 @@ unsafe fn read_reply(conn: *mut Conn) {
             match (*conn).phase {
                 Phase::Setup(i) => {
                     if let Reply::Error(e) = &reply {
-                        if !worker().down {
-                            ngx_log_error!(
-                                NGX_LOG_ERR,
-                                cycle_log(),
-                                "sessions: Redis refused AUTH or SELECT: {}",
-                                e
-                            );
-                        }
+                        mark_down(&*(*conn).upstream, &format!("AUTH or SELECT refused: {e}"));
                         fail(conn, Failure::Setup);
                         return;
                     }
@@ -367,7 +361,12 @@ unsafe fn read_reply(conn: *mut Conn) {
                     flush(conn);
                 }
                 Phase::Command => {
-                    mark_up(&*(*conn).upstream);
+                    // Errors that say Redis cannot serve anyone (auth, read-only replica,
+                    // out of memory, loading) open the breaker like a dead connection.
+                    match &reply {
+                        Reply::Error(e) if is_server_failure(e) => mark_down(&*(*conn).upstream, e),
+                        _ => mark_up(&*(*conn).upstream),
+                    }
                     let waiter = (*conn).waiter;
                     (*conn).waiter = ptr::null_mut();
                     release(conn);
@@ -401,7 +400,7 @@ unsafe fn fail(conn: *mut Conn, f: Failure) {
         }
     }
     if f != Failure::Protocol {
-        mark_down(&*upstream, f);
+        mark_down(&*upstream, f.as_str());
     }
     ((*waiter).done)(waiter, Err(f));
 }
@@ -458,8 +457,25 @@ fn upstream_name(up: &Upstream) -> &str {
     core::str::from_utf8(up.name.as_bytes()).unwrap_or("redis")
 }
 
+/// Error replies that concern every command, not just this one.
+fn is_server_failure(error: &str) -> bool {
+    const CODES: [&str; 9] = [
+        "NOAUTH",
+        "WRONGPASS",
+        "NOPERM",
+        "READONLY",
+        "OOM",
+        "MISCONF",
+        "LOADING",
+        "MASTERDOWN",
+        "BUSY",
+    ];
+    let code = error.split(' ').next().unwrap_or("");
+    CODES.contains(&code)
+}
+
 /// Opens the breaker; one log line when the state changes, not one per request.
-fn mark_down(up: &Upstream, f: Failure) {
+fn mark_down(up: &Upstream, reason: &str) {
     let w = worker();
     w.retry_at = now().wrapping_add(RETRY_INTERVAL);
     if !w.down {
@@ -469,7 +485,7 @@ fn mark_down(up: &Upstream, f: Failure) {
             cycle_log(),
             "sessions: Redis at {} is unavailable ({}); sessions answer \"error\" and retries are limited to one per {}ms",
             upstream_name(up),
-            f.as_str(),
+            reason,
             RETRY_INTERVAL
         );
     }

@@ -4,7 +4,8 @@
 //! Round trips per request: a returning client is one `GET`; a new client one
 //! `SET NX EX`; a touch (at most once per `max(1s, idle/30)`) or a renewal adds one
 //! compare-and-set script; an expired / mismatched / dead session is one `GET` plus one
-//! script that deletes it and creates the new one.
+//! script that deletes it and creates the new one; an old ID in its renewal grace is one
+//! `GET` plus one `EXISTS` (its successor must still be alive to be handed out).
 //!
 //! Renewal is single-flight across instances: the compare-and-set only succeeds against
 //! the exact record that was read, and the successor ID is derived from the old one, so
@@ -62,6 +63,9 @@ pub enum Command {
     Get {
         key: StoreKey,
     },
+    Exists {
+        key: StoreKey,
+    },
     Create {
         key: StoreKey,
         record: Record,
@@ -90,6 +94,7 @@ impl Command {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Command::Get { key } => redis::cmd("GET").arg(key_name(key)).get_packed_command(),
+            Command::Exists { key } => redis::cmd("EXISTS").arg(key_name(key)).get_packed_command(),
             Command::Create { key, record, ttl } => redis::cmd("SET")
                 .arg(key_name(key))
                 .arg(&record.encode()[..])
@@ -202,6 +207,11 @@ pub enum Step {
 enum State {
     Looking {
         id: SessionId,
+    },
+    /// `id` was renewed to `next` moments ago: is `next` still alive?
+    CheckingSuccessor {
+        id: SessionId,
+        next: SessionId,
     },
     /// A compare-and-set of `id`'s record is in flight: a touch, or a renewal to `next`.
     Writing {
@@ -323,11 +333,12 @@ impl Flow {
                     successor: Some((next.store_key(), succ, ttl(&succ, &policy, now))),
                 })
             }
-            Verdict::Successor => self.done(Evaluation {
-                status: Status::Renewed,
-                id: Some(signer.successor(&id)),
-                set_cookie: true,
-            }),
+            // Hand out the successor only while it lives: a destroyed one never comes back.
+            Verdict::Successor => {
+                let next = signer.successor(&id);
+                self.state = State::CheckingSuccessor { id, next };
+                Step::Send(Command::Exists { key: next.store_key() })
+            }
             Verdict::Expired => self.create(Status::Expired, Some(id.store_key())),
             Verdict::Mismatch => self.create(Status::Mismatch, Some(id.store_key())),
             Verdict::Dead => self.create(Status::Invalid, Some(id.store_key())),
@@ -368,6 +379,15 @@ impl Flow {
                     None => self.create(Status::Invalid, Some(id.store_key())),
                 },
                 Reply::Nil => self.create(Status::Invalid, None),
+                _ => Step::Done(self.failed()),
+            },
+            State::CheckingSuccessor { id, next } => match reply {
+                Reply::Int(1) => self.done(Evaluation {
+                    status: Status::Renewed,
+                    id: Some(next),
+                    set_cookie: true,
+                }),
+                Reply::Int(_) => self.create(Status::Invalid, Some(id.store_key())),
                 _ => Step::Done(self.failed()),
             },
             State::Creating { status, id } => match reply {
@@ -413,6 +433,9 @@ mod tests {
                     Some((v, _)) => Reply::Bulk(v.clone()),
                     None => Reply::Nil,
                 },
+                Command::Exists { key } => {
+                    Reply::Int(self.data.contains_key(&key_name(key)) as i64)
+                }
                 Command::Create { key, record, ttl } => self.set_nx(key, record, *ttl),
                 Command::Cas { key, expected, new, ttl, successor } => {
                     let k = key_name(key);
@@ -520,14 +543,18 @@ mod tests {
         let (Step::Send(ca), Step::Send(cb)) = (a.on_reply(ra, &s), b.on_reply(rb, &s)) else {
             panic!()
         };
-        let ea = match a.on_reply(r.exec(&ca), &s) {
-            Step::Done(e) => e,
-            s => panic!("{s:?}"),
+        let mut finish = |flow: &mut Flow, cmd: Command| {
+            let mut step = flow.on_reply(r.exec(&cmd), &s);
+            for _ in 0..5 {
+                match step {
+                    Step::Done(e) => return e,
+                    Step::Send(c) => step = flow.on_reply(r.exec(&c), &s),
+                }
+            }
+            panic!("flow did not finish");
         };
-        let eb = match b.on_reply(r.exec(&cb), &s) {
-            Step::Done(e) => e,
-            s => panic!("{s:?}"),
-        };
+        let ea = finish(&mut a, ca);
+        let eb = finish(&mut b, cb);
         assert_eq!(ea.status, Status::Renewed);
         assert_eq!(eb.status, Status::Renewed);
         assert_eq!(ea.id, eb.id);
@@ -549,6 +576,20 @@ mod tests {
             s => panic!("{s:?}"),
         };
         assert_eq!(e, Evaluation { status: Status::Error, id: Some(id), set_cookie: false });
+    }
+
+    #[test]
+    fn destroyed_successor_never_comes_back_through_the_old_id() {
+        let mut r = FakeRedis::default();
+        let id = r.run(Incoming::Absent, 1000, &ALICE).id.unwrap();
+        r.run(Incoming::Verified(id), 1029, &ALICE);
+        r.run(Incoming::Verified(id), 1058, &ALICE);
+        let next = r.run(Incoming::Verified(id), 1060, &ALICE).id.unwrap();
+        let eve = Client { ip: 9, user_agent: 2 };
+        assert_eq!(r.run(Incoming::Verified(next), 1061, &eve).status, Status::Mismatch);
+        let e = r.run(Incoming::Verified(id), 1062, &ALICE);
+        assert_eq!(e.status, Status::Invalid);
+        assert_ne!(e.id, Some(next));
     }
 
     #[test]

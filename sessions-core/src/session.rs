@@ -300,12 +300,19 @@ pub fn evaluate<T: Table>(
                             set_cookie: true,
                         };
                     }
+                    // The successor must still exist: if it was destroyed (mismatch), the
+                    // old ID must not hand its ID out again.
                     Verdict::Successor => {
-                        return Evaluation {
-                            status: Status::Renewed,
-                            id: Some(signer.successor(&id)),
-                            set_cookie: true,
+                        let next = signer.successor(&id);
+                        if table.get(&next.store_key(), now).is_some() {
+                            return Evaluation {
+                                status: Status::Renewed,
+                                id: Some(next),
+                                set_cookie: true,
+                            };
                         }
+                        table.remove(&key);
+                        Status::Invalid
                     }
                     Verdict::Expired => {
                         table.remove(&key);
@@ -467,6 +474,21 @@ mod tests {
         assert_eq!(again(&mut t, id, 1060 + RENEWAL_GRACE + 1, &ALICE).status, Status::Invalid);
         // Creation time carried over.
         assert_eq!(t.map[&next.store_key()].created, 1000);
+    }
+
+    #[test]
+    fn destroyed_successor_never_comes_back_through_the_old_id() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        again(&mut t, id, 1029, &ALICE);
+        again(&mut t, id, 1058, &ALICE);
+        let next = again(&mut t, id, 1060, &ALICE).id.unwrap();
+        let eve = Client { ip: 9, user_agent: 2 };
+        assert_eq!(again(&mut t, next, 1061, &eve).status, Status::Mismatch);
+        let e = again(&mut t, id, 1062, &ALICE);
+        assert_eq!(e.status, Status::Invalid);
+        assert_ne!(e.id, Some(next));
+        assert_eq!(again(&mut t, id, 1063, &ALICE).status, Status::Invalid);
     }
 
     #[test]

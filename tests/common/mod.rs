@@ -1115,3 +1115,197 @@ impl Drop for Redis {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// redis-server fixture, continued: extra arguments, stop/restart, signals, a RESP client
+// ---------------------------------------------------------------------------------------
+
+/// Extra redis-server arguments of each fixture, by port (for `restart`).
+static REDIS_EXTRA: std::sync::Mutex<std::collections::BTreeMap<u16, Vec<String>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn spawn_redis(port: u16, dir: &Path, extra: &[String]) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args(["--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start redis-server (apt-get install redis-server)")
+}
+
+/// One RESP reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    /// A simple string or bulk string as text (lossy); panics on other types.
+    pub fn text(&self) -> String {
+        match self {
+            Resp::Simple(s) => s.clone(),
+            Resp::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("expected a string reply, got {other:?}"),
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            Resp::Bulk(Some(b)) => b.clone(),
+            other => panic!("expected a bulk reply, got {other:?}"),
+        }
+    }
+
+    pub fn int(&self) -> i64 {
+        match self {
+            Resp::Int(n) => *n,
+            other => panic!("expected an integer reply, got {other:?}"),
+        }
+    }
+
+    /// The elements of an array reply; panics on other types.
+    pub fn items(&self) -> Vec<Resp> {
+        match self {
+            Resp::Array(Some(v)) => v.clone(),
+            other => panic!("expected an array reply, got {other:?}"),
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        matches!(self, Resp::Error(_))
+    }
+}
+
+/// Reads one RESP2 reply.
+pub fn read_resp<R: BufRead>(r: &mut R) -> io::Result<Resp> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "redis closed the connection"));
+    }
+    let line = line.trim_end_matches(['\r', '\n']);
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad RESP line {line:?}"));
+    let (kind, rest) = line.split_at(line.len().min(1));
+    let num = || rest.parse::<i64>().map_err(|_| bad());
+    Ok(match kind {
+        "+" => Resp::Simple(rest.to_string()),
+        "-" => Resp::Error(rest.to_string()),
+        ":" => Resp::Int(num()?),
+        "$" => match num()? {
+            n if n < 0 => Resp::Bulk(None),
+            n => {
+                let mut buf = vec![0; n as usize + 2];
+                r.read_exact(&mut buf)?;
+                buf.truncate(n as usize);
+                Resp::Bulk(Some(buf))
+            }
+        },
+        "*" => match num()? {
+            n if n < 0 => Resp::Array(None),
+            n => Resp::Array(Some((0..n).map(|_| read_resp(r)).collect::<io::Result<_>>()?)),
+        },
+        _ => return Err(bad()),
+    })
+}
+
+fn encode_resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+impl Redis {
+    /// Like [`Redis::start`], with extra redis-server arguments (e.g. `--requirepass pw`).
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let dir = TempDir::new("redis");
+        let port = free_port();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        REDIS_EXTRA.lock().unwrap().insert(port, extra.clone());
+        let child = spawn_redis(port, &dir.path, &extra);
+        let mut redis = Redis { port, child, _dir: dir };
+        redis.wait_up();
+        redis
+    }
+
+    /// Waits until the server answers PING (`+PONG`, or `-NOAUTH` with a password).
+    fn wait_up(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let up = self
+                .command("PING")
+                .map(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
+                .unwrap_or(false);
+            if up {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("redis-server exited at start: {st}");
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer PING");
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Kills the server (SIGKILL) and reaps it; the port stops accepting.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the server if it runs, then starts a new one on the same port and directory
+    /// with the same arguments (no persistence: the data is gone).
+    pub fn restart(&mut self) {
+        self.stop();
+        let extra = REDIS_EXTRA.lock().unwrap().get(&self.port).cloned().unwrap_or_default();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.child = spawn_redis(self.port, &self._dir.path, &extra);
+            // A bind race (port still held) makes redis-server exit at once: try again.
+            thread::sleep(Duration::from_millis(50));
+            match self.child.try_wait() {
+                Ok(Some(_)) if Instant::now() < deadline => continue,
+                _ => break,
+            }
+        }
+        self.wait_up();
+    }
+
+    /// Sends a signal to redis-server (e.g. SIGSTOP / SIGCONT).
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = self.pid() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    /// Runs several commands on one connection (e.g. AUTH, SELECT, then a query); returns
+    /// every reply in order.
+    pub fn pipeline(&self, cmds: &[&[&str]]) -> io::Result<Vec<Resp>> {
+        let mut s = connect(self.port, None)?;
+        let mut out = Vec::new();
+        for c in cmds {
+            out.extend_from_slice(&encode_resp(c));
+        }
+        s.write_all(&out)?;
+        let mut r = BufReader::new(s);
+        cmds.iter().map(|_| read_resp(&mut r)).collect()
+    }
+
+    /// One command on its own connection; panics on I/O errors.
+    pub fn cmd(&self, args: &[&str]) -> Resp {
+        let mut v = self.pipeline(&[args]).unwrap_or_else(|e| panic!("redis {args:?}: {e}"));
+        v.pop().unwrap()
+    }
+}
