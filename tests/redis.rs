@@ -867,7 +867,7 @@ fn good_redis_directives_pass_nginx_t_without_redis() {
         format!(
             "sessions_redis redis://user:pw@127.0.0.1:{port}/15;\n    sessions_redis_keepalive 0;"
         ),
-        format!("sessions_redis redis://:pw@127.0.0.1;\n    sessions_redis_keepalive 1024;"),
+        "sessions_redis redis://:pw@127.0.0.1;\n    sessions_redis_keepalive 1024;".to_string(),
     ] {
         nginx_t_http(&conf_body(&good)).assert_ok();
     }
