@@ -219,8 +219,8 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
 
     // SAFETY: the zone is declared in this cycle and initialised before workers start.
     let eval = match unsafe { Locked::lock(mcf.zone) } {
-        Some(mut table) => {
-            session::evaluate(&mut table, incoming, id.signer, now, &res.policy, &client)
+        Some(mut locked) => {
+            session::evaluate(locked.table(), incoming, id.signer, now, &res.policy, &client)
         }
         None => Evaluation {
             status: Status::Error,

@@ -5,7 +5,7 @@
 //! The pure logic lives in the `sessions-core` crate (no NGINX types, unit tested);
 //! this crate is the thin FFI glue.
 
-pub use sessions_core::{cookie, redis_flow, redis_url, session};
+pub use sessions_core::{cookie, redis_flow, redis_url, session, table};
 
 pub mod conf;
 mod handler;

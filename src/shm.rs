@@ -2,36 +2,26 @@
 //! pool's own mutex (the master force-unlocks it when a worker dies mid-section), kept
 //! across `nginx -s reload` when name and size are unchanged.
 //!
-//! Records are fixed-size nodes (128-byte slab slots) in an rbtree keyed by the first 8
-//! bytes of the store key, and on one of two LRU queues: *probation* for sessions whose
-//! cookie has not come back yet, *protected* for sessions in use. When the zone is full,
-//! probation is evicted first, so a flood of cookie-less clients only pushes out other
-//! cookie-less clients.
+//! At the zone's first initialisation the slab pool gives us a small root (magic, the
+//! random secret and cookie name, the table header) and one block of whole pages for the
+//! table itself: a bucket array and fixed 64-byte slots (`sessions_core::table`).
 
 use core::ffi::c_void;
 use core::mem::size_of;
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_int_t, ngx_log_t, ngx_pagesize, ngx_queue_t, ngx_rbtree_delete, ngx_rbtree_insert,
-    ngx_rbtree_insert_value, ngx_rbtree_node_t, ngx_rbtree_t, ngx_shared_memory_add,
-    ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_free_locked,
-    ngx_slab_pool_t, ngx_str_t, NGX_ERROR, NGX_LOG_NOTICE, NGX_OK,
-};
-use ngx::ffi::{
-    ngx_queue_empty, ngx_queue_init, ngx_queue_insert_after, ngx_queue_remove, ngx_rbtree_init,
+    ngx_int_t, ngx_log_t, ngx_pagesize, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock,
+    ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_pool_t, ngx_str_t, NGX_ERROR, NGX_LOG_EMERG,
+    NGX_LOG_NOTICE, NGX_OK,
 };
 use ngx::ngx_log_error;
 
 use crate::conf::MainConf;
-use crate::cookie::{self, Signer, StoreKey};
-use crate::session::{Record, StoreError, Table};
+use crate::cookie::{self, Signer};
+use crate::table::{self, Header, Slot, SlotTable};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"ngxsess1");
-/// Nodes evicted at most to make room for one insert.
-const MAX_EVICTIONS: usize = 16;
-/// Expired nodes reclaimed from each queue's tail per insert (as `limit_req` does).
-const EXPIRE_PER_INSERT: usize = 2;
+const MAGIC: u64 = u64::from_le_bytes(*b"ngxsess2");
 
 /// What lives at the start of the zone, found again through `shpool->data`.
 #[repr(C)]
@@ -39,25 +29,12 @@ struct Root {
     magic: u64,
     secret: [u8; 32],
     name: [u8; 16],
-    sentinel: ngx_rbtree_node_t,
-    tree: ngx_rbtree_t,
-    probation: ngx_queue_t,
-    protected: ngx_queue_t,
-    count: usize,
+    header: Header,
+    buckets: *mut u32,
+    nbuckets: usize,
+    slots: *mut Slot,
+    nslots: usize,
 }
-
-/// One session ID's record in the zone. 128 bytes: one slab slot of that size class.
-#[repr(C)]
-struct Node {
-    rb: ngx_rbtree_node_t,
-    lru: ngx_queue_t,
-    key_rest: [u8; 8],
-    expires: u64,
-    record: Record,
-    protected: u8,
-}
-
-const _: () = assert!(size_of::<Node>() <= 128);
 
 /// The random secret and name of a zone, the same in every worker and kept across
 /// reloads because they live in the zone.
@@ -134,37 +111,22 @@ unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
         let existing = (*pool).data.cast::<Root>();
         if !existing.is_null() && (*existing).magic == MAGIC {
             // Reload with the same name and size: keep sessions, secret and name.
-            (*existing).tree.insert = Some(ngx_rbtree_insert_value);
             existing
         } else {
-            let root = ngx_slab_alloc_locked(pool, size_of::<Root>()).cast::<Root>();
-            if root.is_null() {
-                return NGX_ERROR as ngx_int_t;
+            match new_root(pool) {
+                Some(root) => root,
+                None => {
+                    ngx_log_error!(
+                        NGX_LOG_EMERG,
+                        log,
+                        "sessions: cannot lay out the session table in its zone"
+                    );
+                    return NGX_ERROR as ngx_int_t;
+                }
             }
-            let mut secret = [0u8; 32];
-            rand::Rng::fill(&mut rand::rngs::OsRng, &mut secret[..]);
-            root.write(Root {
-                magic: MAGIC,
-                secret,
-                name: cookie::random_name(),
-                sentinel: core::mem::zeroed(),
-                tree: core::mem::zeroed(),
-                probation: core::mem::zeroed(),
-                protected: core::mem::zeroed(),
-                count: 0,
-            });
-            ngx_rbtree_init(
-                ptr::addr_of_mut!((*root).tree),
-                ptr::addr_of_mut!((*root).sentinel),
-                Some(ngx_rbtree_insert_value),
-            );
-            ngx_queue_init(ptr::addr_of_mut!((*root).probation));
-            ngx_queue_init(ptr::addr_of_mut!((*root).protected));
-            (*pool).data = root.cast();
-            root
         }
     };
-    // SAFETY: as above; eviction is the expected way out of a full zone, not an error.
+    // SAFETY: as above; eviction is the expected way out of a full table, not an error.
     unsafe {
         (*pool).set_log_nomem(0);
         mcf.random = Some(RandomIdentity::new((*root).secret, (*root).name));
@@ -172,6 +134,55 @@ unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
         log_fingerprint(log, &fp, "random");
     }
     NGX_OK as ngx_int_t
+}
+
+/// Allocates and initialises the root and the table in a fresh zone.
+///
+/// # Safety
+/// `pool` is a freshly initialised slab pool, used by nobody else yet.
+unsafe fn new_root(pool: *mut ngx_slab_pool_t) -> Option<*mut Root> {
+    let root = ngx_slab_alloc_locked(pool, size_of::<Root>()).cast::<Root>();
+    if root.is_null() {
+        return None;
+    }
+    // The table takes every page left, in one block (page-aligned, so the 64-byte slots
+    // after a power-of-two bucket array are cache-line aligned).
+    let page = ngx_pagesize;
+    let mut pages = (*pool).pfree;
+    let mut region = ptr::null_mut::<u8>();
+    while pages > 0 {
+        region = ngx_slab_alloc_locked(pool, pages * page).cast();
+        if !region.is_null() {
+            break;
+        }
+        pages -= 1;
+    }
+    if region.is_null() {
+        return None;
+    }
+    let (nbuckets, nslots) = table::layout(pages * page);
+    let buckets = region.cast::<u32>();
+    let slots = region.add(nbuckets * size_of::<u32>()).cast::<Slot>();
+    let mut secret = [0u8; 32];
+    rand::Rng::fill(&mut rand::rngs::OsRng, &mut secret[..]);
+    root.write(Root {
+        magic: MAGIC,
+        secret,
+        name: cookie::random_name(),
+        header: Header::default(),
+        buckets,
+        nbuckets,
+        slots,
+        nslots,
+    });
+    let mut t = SlotTable::new(
+        &mut (*root).header,
+        core::slice::from_raw_parts_mut(buckets, nbuckets),
+        core::slice::from_raw_parts_mut(slots, nslots),
+    );
+    t.init();
+    (*pool).data = root.cast();
+    Some(root)
 }
 
 /// One `[notice]` line per secret at start, so that operators can tell whether two
@@ -189,140 +200,40 @@ pub fn log_fingerprint(log: *mut ngx_log_t, fp: &[u8; 16], kind: &str) {
     );
 }
 
-/// A handle on a zone's table for one critical section; unlocks on drop.
+/// A zone's table, locked for one critical section; unlocks on drop.
 pub struct Locked {
     pool: *mut ngx_slab_pool_t,
-    root: *mut Root,
-    /// The node found by the last lookup, so that get-then-update searches once.
-    cached: Option<(StoreKey, *mut Node)>,
+    table: SlotTable<'static>,
 }
 
 impl Locked {
     /// Locks the zone's table, or `None` when the zone is not initialised.
     ///
     /// # Safety
-    /// `zone` must be a live zone declared by `add_zone`.
+    /// `zone` must be a live zone declared by `add_zone`; the `Locked` must not outlive
+    /// the request handler that made it (the `'static` stands for "while locked").
     pub unsafe fn lock(zone: *mut ngx_shm_zone_t) -> Option<Locked> {
         let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
         if pool.is_null() {
             return None;
         }
         let root = (*pool).data.cast::<Root>();
-        if root.is_null() {
+        if root.is_null() || (*root).magic != MAGIC {
             return None;
         }
         ngx_shmtx_lock(ptr::addr_of_mut!((*pool).mutex));
-        Some(Locked { pool, root, cached: None })
+        // The mutex gives this process exclusive access to the root and the table until
+        // `drop`, so these are the only references to them.
+        let table = SlotTable::new(
+            &mut (*root).header,
+            core::slice::from_raw_parts_mut((*root).buckets, (*root).nbuckets),
+            core::slice::from_raw_parts_mut((*root).slots, (*root).nslots),
+        );
+        Some(Locked { pool, table })
     }
 
-    fn split(key: &StoreKey) -> (usize, [u8; 8]) {
-        let mut hi = [0u8; 8];
-        let mut rest = [0u8; 8];
-        hi.copy_from_slice(&key.0[..8]);
-        rest.copy_from_slice(&key.0[8..]);
-        (u64::from_le_bytes(hi) as usize, rest)
-    }
-
-    fn find(&mut self, key: &StoreKey) -> *mut Node {
-        if let Some((k, n)) = self.cached {
-            if k == *key {
-                return n;
-            }
-        }
-        let (hi, rest) = Self::split(key);
-        // SAFETY: the lock is held; the tree's nodes are all `Node`s whose first field is
-        // the rbtree node, so the casts recover them.
-        unsafe {
-            let sentinel = (*self.root).tree.sentinel;
-            let mut node = (*self.root).tree.root;
-            while node != sentinel {
-                if hi < (*node).key {
-                    node = (*node).left;
-                } else if hi > (*node).key {
-                    node = (*node).right;
-                } else {
-                    let n = node.cast::<Node>();
-                    if (*n).key_rest == rest {
-                        self.cached = Some((*key, n));
-                        return n;
-                    }
-                    // 64-bit prefix collision with another ID: treat as absent.
-                    return ptr::null_mut();
-                }
-            }
-        }
-        ptr::null_mut()
-    }
-
-    /// Moves `n` to the head of the queue it belongs in now.
-    ///
-    /// # Safety
-    /// Lock held; `n` is a live node in a queue.
-    unsafe fn requeue(&mut self, n: *mut Node, protected: bool) {
-        ngx_queue_remove(ptr::addr_of_mut!((*n).lru));
-        let head = if protected {
-            ptr::addr_of_mut!((*self.root).protected)
-        } else {
-            ptr::addr_of_mut!((*self.root).probation)
-        };
-        ngx_queue_insert_after(head, ptr::addr_of_mut!((*n).lru));
-        (*n).protected = protected as u8;
-    }
-
-    /// # Safety
-    /// Lock held; `n` is a live node.
-    unsafe fn free(&mut self, n: *mut Node) {
-        if matches!(self.cached, Some((_, c)) if c == n) {
-            self.cached = None;
-        }
-        ngx_rbtree_delete(ptr::addr_of_mut!((*self.root).tree), ptr::addr_of_mut!((*n).rb));
-        ngx_queue_remove(ptr::addr_of_mut!((*n).lru));
-        ngx_slab_free_locked(self.pool, n.cast());
-        (*self.root).count = (*self.root).count.saturating_sub(1);
-    }
-
-    /// The least recently used node of a queue, if any.
-    ///
-    /// # Safety
-    /// Lock held; `q` is one of the root's queues.
-    unsafe fn tail(q: *mut ngx_queue_t) -> Option<*mut Node> {
-        if ngx_queue_empty(q) {
-            return None;
-        }
-        let last = (*q).prev;
-        Some(last.byte_sub(core::mem::offset_of!(Node, lru)).cast::<Node>())
-    }
-
-    fn expire_some(&mut self, now: u64) {
-        // SAFETY: lock held; queues hold live nodes.
-        unsafe {
-            for q in [
-                ptr::addr_of_mut!((*self.root).probation),
-                ptr::addr_of_mut!((*self.root).protected),
-            ] {
-                for _ in 0..EXPIRE_PER_INSERT {
-                    match Self::tail(q) {
-                        Some(n) if (*n).expires <= now => self.free(n),
-                        _ => break,
-                    }
-                }
-            }
-        }
-    }
-
-    fn evict_one(&mut self) -> bool {
-        // SAFETY: lock held; queues hold live nodes.
-        unsafe {
-            let victim = Self::tail(ptr::addr_of_mut!((*self.root).probation))
-                .or_else(|| Self::tail(ptr::addr_of_mut!((*self.root).protected)));
-            match victim {
-                Some(n) => {
-                    self.free(n);
-                    true
-                }
-                None => false,
-            }
-        }
+    pub fn table(&mut self) -> &mut SlotTable<'static> {
+        &mut self.table
     }
 }
 
@@ -330,87 +241,5 @@ impl Drop for Locked {
     fn drop(&mut self) {
         // SAFETY: we locked this mutex in `lock` and hold it until now.
         unsafe { ngx_shmtx_unlock(ptr::addr_of_mut!((*self.pool).mutex)) };
-    }
-}
-
-impl Table for Locked {
-    fn get(&mut self, key: &StoreKey, _now: u64) -> Option<Record> {
-        let n = self.find(key);
-        if n.is_null() {
-            return None;
-        }
-        // SAFETY: lock held; `n` is live.
-        unsafe {
-            self.requeue(n, true);
-            Some((*n).record)
-        }
-    }
-
-    fn insert(
-        &mut self,
-        key: &StoreKey,
-        rec: &Record,
-        expires: u64,
-        established: bool,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        if !self.find(key).is_null() {
-            return Err(StoreError::Exists);
-        }
-        self.expire_some(now);
-        let mut n = ptr::null_mut::<Node>();
-        for _ in 0..=MAX_EVICTIONS {
-            // SAFETY: lock held.
-            n = unsafe { ngx_slab_alloc_locked(self.pool, size_of::<Node>()) }.cast();
-            if !n.is_null() || !self.evict_one() {
-                break;
-            }
-        }
-        if n.is_null() {
-            return Err(StoreError::Unavailable);
-        }
-        let (hi, rest) = Self::split(key);
-        // SAFETY: `n` is a fresh slab allocation of `Node` size, aligned for it (slab
-        // slots are aligned to their size); lock held.
-        unsafe {
-            n.write(Node {
-                rb: core::mem::zeroed(),
-                lru: core::mem::zeroed(),
-                key_rest: rest,
-                expires,
-                record: *rec,
-                protected: established as u8,
-            });
-            (*n).rb.key = hi;
-            ngx_rbtree_insert(ptr::addr_of_mut!((*self.root).tree), ptr::addr_of_mut!((*n).rb));
-            let head = if established {
-                ptr::addr_of_mut!((*self.root).protected)
-            } else {
-                ptr::addr_of_mut!((*self.root).probation)
-            };
-            ngx_queue_insert_after(head, ptr::addr_of_mut!((*n).lru));
-            (*self.root).count += 1;
-        }
-        self.cached = Some((*key, n));
-        Ok(())
-    }
-
-    fn update(&mut self, key: &StoreKey, rec: &Record, expires: u64) {
-        let n = self.find(key);
-        if !n.is_null() {
-            // SAFETY: lock held; `n` is live.
-            unsafe {
-                (*n).record = *rec;
-                (*n).expires = expires;
-            }
-        }
-    }
-
-    fn remove(&mut self, key: &StoreKey) {
-        let n = self.find(key);
-        if !n.is_null() {
-            // SAFETY: lock held; `n` is live.
-            unsafe { self.free(n) };
-        }
     }
 }

@@ -33,8 +33,8 @@ impl Policy {
 /// What a session is bound to: hashes of the client address and User-Agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Client {
-    pub ip: u64,
-    pub user_agent: u64,
+    pub ip: u32,
+    pub user_agent: u32,
 }
 
 impl Client {
@@ -43,11 +43,11 @@ impl Client {
     }
 }
 
-fn binding_hash(domain: u8, value: &[u8]) -> u64 {
+/// 32 bits suffice: a client whose address or User-Agent hashes differently is a
+/// mismatch, which destroys the session, so a thief gets one guess, not 2^32.
+fn binding_hash(domain: u8, value: &[u8]) -> u32 {
     let digest = Sha256::new().chain_update([domain]).chain_update(value).finalize();
-    let mut h = [0u8; 8];
-    h.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(h)
+    u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
 /// One session ID's server-side record. `renewed_at` is 0 until the ID is renewed.
@@ -60,12 +60,12 @@ pub struct Record {
     pub issued: u64,
     pub last_seen: u64,
     pub renewed_at: u64,
-    pub ip: u64,
-    pub user_agent: u64,
+    pub ip: u32,
+    pub user_agent: u32,
 }
 
 /// Bytes of a record on the wire (Redis value).
-pub const RECORD_LEN: usize = 1 + 6 * 8;
+pub const RECORD_LEN: usize = 1 + 4 * 8 + 2 * 4;
 const RECORD_VERSION: u8 = 1;
 
 impl Record {
@@ -100,11 +100,12 @@ impl Record {
     pub fn encode(&self) -> [u8; RECORD_LEN] {
         let mut out = [0u8; RECORD_LEN];
         out[0] = RECORD_VERSION;
-        let fields =
-            [self.created, self.issued, self.last_seen, self.renewed_at, self.ip, self.user_agent];
-        for (i, f) in fields.iter().enumerate() {
-            out[1 + 8 * i..9 + 8 * i].copy_from_slice(&f.to_le_bytes());
+        let times = [self.created, self.issued, self.last_seen, self.renewed_at];
+        for (i, t) in times.iter().enumerate() {
+            out[1 + 8 * i..9 + 8 * i].copy_from_slice(&t.to_le_bytes());
         }
+        out[33..37].copy_from_slice(&self.ip.to_le_bytes());
+        out[37..41].copy_from_slice(&self.user_agent.to_le_bytes());
         out
     }
 
@@ -113,19 +114,20 @@ impl Record {
         if bytes.len() != RECORD_LEN || bytes[0] != RECORD_VERSION {
             return None;
         }
-        let mut f = [0u64; 6];
-        for (i, v) in f.iter_mut().enumerate() {
+        let u64_at = |i: usize| {
             let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[1 + 8 * i..9 + 8 * i]);
-            *v = u64::from_le_bytes(b);
-        }
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         Some(Record {
-            created: f[0],
-            issued: f[1],
-            last_seen: f[2],
-            renewed_at: f[3],
-            ip: f[4],
-            user_agent: f[5],
+            created: u64_at(1),
+            issued: u64_at(9),
+            last_seen: u64_at(17),
+            renewed_at: u64_at(25),
+            ip: u32_at(33),
+            user_agent: u32_at(37),
         })
     }
 }
