@@ -873,3 +873,42 @@ fn good_redis_directives_pass_nginx_t_without_redis() {
     }
     // nginx-conf/cluster-redis.conf is checked by tests/config.rs (all shipped configs)
 }
+
+// ---------------------------------------------------------------------------------------
+// requests that go away while waiting on Redis
+// ---------------------------------------------------------------------------------------
+
+/// Clients that hang up while their request waits on a stalled Redis, and a graceful
+/// shutdown with requests still waiting: every request ends (the Redis timer resumes it),
+/// the worker exits, and NGINX finds no leaked connection (`open socket ... left` would be
+/// an `[alert]`, which the harness rejects).
+#[test]
+fn requests_that_go_away_while_waiting_leave_nothing_behind() {
+    let redis = Redis::start();
+    let http = redis_http(&redis, "sessions_redis_timeout 1s;");
+    let mut ng = Nginx::start_template(&main_conf(&site(&http, ""), 1), 1);
+    ng.allow_log(UNAVAILABLE);
+    let v = new_session(ng.port, Req::get("/index.html"));
+    let _stopped = Stopped::stop(&redis);
+
+    // Ten clients send their request and hang up at once.
+    for _ in 0..10 {
+        let mut s = connect(ng.port, None).unwrap();
+        s.write_all(&Req::get("/index.html").sid(&v).to_bytes(false)).unwrap();
+        drop(s);
+    }
+    // One client stays, and NGINX is asked to stop while its request waits.
+    let port = ng.port;
+    let v2 = v.clone();
+    let waiting = thread::spawn(move || Req::get("/index.html").sid(&v2).try_send(port));
+    sleep_secs(0.2);
+    let t = Instant::now();
+    ng.stop();
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "graceful stop took {took:?}");
+    // The staying client got an answer (the session could not be checked: error), not a
+    // reset, unless the breaker had already answered it at once.
+    let r = waiting.join().unwrap().expect("the waiting request got no response");
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.st(), "error", "{r}");
+}
