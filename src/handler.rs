@@ -35,6 +35,8 @@ pub struct RequestCtx {
     resume: ngx_event_t,
     /// The Redis algorithm's state; `None` while the shared identity is being fetched.
     flow: Option<Flow>,
+    /// What the cookies said, for the log line once the Redis path has decided.
+    incoming: Incoming,
 }
 
 /// The secret and cookie name that apply to a request.
@@ -137,6 +139,7 @@ unsafe fn set_ctx(r: *mut ngx_http_request_t, eval: Evaluation) -> Option<&'stat
         request: r,
         resume: core::mem::zeroed(),
         flow: None,
+        incoming: Incoming::Absent,
     });
     (*cln).handler = Some(CTX_CLEANUP);
     *(*r).ctx.add(crate::module_ctx_index()) = ctx.cast();
@@ -327,6 +330,7 @@ unsafe fn session_step(
     let step = match (ctx.flow.as_mut(), reply) {
         (None, _) => {
             let incoming = incoming(req, &id);
+            ctx.incoming = incoming;
             let (flow, step) = Flow::start(incoming, now_secs(), &res.policy, &client(req));
             ctx.flow = Some(flow);
             step
@@ -337,7 +341,7 @@ unsafe fn session_step(
     match step {
         Step::Done(eval) => {
             ctx.eval = eval;
-            log_outcome(req.connection_log(), &eval, Incoming::Absent);
+            log_outcome(req.connection_log(), &eval, ctx.incoming);
             false
         }
         Step::Send(cmd) => {
