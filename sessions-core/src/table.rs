@@ -134,7 +134,7 @@ impl<'a> SlotTable<'a> {
 
     fn bucket_of(&self, key: &StoreKey) -> usize {
         let h = u32::from_le_bytes([key.0[0], key.0[1], key.0[2], key.0[3]]);
-        h as usize & (self.buckets.len() - 1)
+        h as usize & self.buckets.len().wrapping_sub(1)
     }
 
     fn find(&mut self, key: &StoreKey) -> Option<u32> {
@@ -156,53 +156,58 @@ impl<'a> SlotTable<'a> {
         None
     }
 
+    // Indices all come from this table, written under the zone's lock; still, every
+    // access is checked (`get`), so a corrupted zone degrades to misses, never a panic.
+
+    fn slot_mut(&mut self, i: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(i as usize)
+    }
+
+    fn list_mut(&mut self, segment: u8) -> Option<&mut List> {
+        self.header.lists.get_mut(segment as usize)
+    }
+
     fn unlink_lru(&mut self, i: u32) {
-        let Slot { prev, next, segment, .. } = self.slots[i as usize];
-        let list = &mut self.header.lists[segment as usize];
+        let Some(&Slot { prev, next, segment, .. }) = self.slots.get(i as usize) else { return };
         match prev {
-            NIL => list.head = next,
-            p => self.slots[p as usize].next = next,
+            NIL => self.list_mut(segment).into_iter().for_each(|l| l.head = next),
+            p => self.slot_mut(p).into_iter().for_each(|s| s.next = next),
         }
-        let list = &mut self.header.lists[segment as usize];
         match next {
-            NIL => list.tail = prev,
-            n => self.slots[n as usize].prev = prev,
+            NIL => self.list_mut(segment).into_iter().for_each(|l| l.tail = prev),
+            n => self.slot_mut(n).into_iter().for_each(|s| s.prev = prev),
         }
     }
 
     fn push_front(&mut self, i: u32, segment: u8) {
-        let head = self.header.lists[segment as usize].head;
-        {
-            let s = &mut self.slots[i as usize];
-            s.segment = segment;
-            s.prev = NIL;
-            s.next = head;
-        }
+        let Some(head) = self.list_mut(segment).map(|l| l.head) else { return };
+        let Some(s) = self.slot_mut(i) else { return };
+        s.segment = segment;
+        s.prev = NIL;
+        s.next = head;
         match head {
-            NIL => self.header.lists[segment as usize].tail = i,
-            h => self.slots[h as usize].prev = i,
+            NIL => self.list_mut(segment).into_iter().for_each(|l| l.tail = i),
+            h => self.slot_mut(h).into_iter().for_each(|s| s.prev = i),
         }
-        self.header.lists[segment as usize].head = i;
+        self.list_mut(segment).into_iter().for_each(|l| l.head = i);
     }
 
     fn unlink_chain(&mut self, i: u32) {
-        let key = StoreKey(self.slots[i as usize].key);
-        let b = self.bucket_of(&key);
-        let next = self.slots[i as usize].chain;
-        if self.buckets[b] == i {
-            self.buckets[b] = next;
+        let Some(&Slot { key, chain: next, .. }) = self.slots.get(i as usize) else { return };
+        let b = self.bucket_of(&StoreKey(key));
+        let Some(first) = self.buckets.get_mut(b) else { return };
+        if *first == i {
+            *first = next;
             return;
         }
-        let mut p = self.buckets[b];
+        let mut p = *first;
         for _ in 0..self.slots.len() {
-            if p == NIL {
+            let Some(s) = self.slot_mut(p) else { return };
+            if s.chain == i {
+                s.chain = next;
                 return;
             }
-            if self.slots[p as usize].chain == i {
-                self.slots[p as usize].chain = next;
-                return;
-            }
-            p = self.slots[p as usize].chain;
+            p = s.chain;
         }
     }
 
@@ -213,19 +218,24 @@ impl<'a> SlotTable<'a> {
         }
         self.unlink_chain(i);
         self.unlink_lru(i);
-        let s = &mut self.slots[i as usize];
+        let free = self.header.free;
+        let Some(s) = self.slot_mut(i) else { return };
         s.segment = FREE;
-        s.chain = self.header.free;
+        s.chain = free;
         self.header.free = i;
         self.header.count = self.header.count.saturating_sub(1);
+    }
+
+    fn tail(&self, segment: u8) -> u32 {
+        self.header.lists.get(segment as usize).map_or(NIL, |l| l.tail)
     }
 
     fn expire_some(&mut self, now: u64) {
         for segment in [PROBATION, PROTECTED] {
             for _ in 0..EXPIRE_PER_INSERT {
-                match self.header.lists[segment as usize].tail {
-                    NIL => break,
-                    t if u64::from(self.slots[t as usize].expires) <= now => self.release(t),
+                let t = self.tail(segment);
+                match self.slots.get(t as usize) {
+                    Some(s) if u64::from(s.expires) <= now => self.release(t),
                     _ => break,
                 }
             }
@@ -235,10 +245,8 @@ impl<'a> SlotTable<'a> {
     /// A free slot, evicting the least recently used record (probation first) if needed.
     fn take_slot(&mut self) -> Option<u32> {
         if self.header.free == NIL {
-            let victim = [PROBATION, PROTECTED]
-                .iter()
-                .map(|&s| self.header.lists[s as usize].tail)
-                .find(|&t| t != NIL)?;
+            let victim =
+                [PROBATION, PROTECTED].iter().map(|&s| self.tail(s)).find(|&t| t != NIL)?;
             self.release(victim);
         }
         let i = self.header.free;
@@ -247,7 +255,7 @@ impl<'a> SlotTable<'a> {
     }
 
     fn write(&mut self, i: u32, rec: &Record, expires: u64) {
-        let s = &mut self.slots[i as usize];
+        let Some(s) = self.slot_mut(i) else { return };
         s.created = secs32(rec.created);
         s.issued = secs32(rec.issued);
         s.last_seen = secs32(rec.last_seen);
@@ -257,16 +265,16 @@ impl<'a> SlotTable<'a> {
         s.expires = secs32(expires);
     }
 
-    fn read(&self, i: u32) -> Record {
-        let s = &self.slots[i as usize];
-        Record {
+    fn read(&self, i: u32) -> Option<Record> {
+        let s = self.slots.get(i as usize)?;
+        Some(Record {
             created: s.created.into(),
             issued: s.issued.into(),
             last_seen: s.last_seen.into(),
             renewed_at: s.renewed_at.into(),
             ip: s.ip,
             user_agent: s.user_agent,
-        }
+        })
     }
 }
 
@@ -275,7 +283,7 @@ impl Table for SlotTable<'_> {
         let i = self.find(key)?;
         self.unlink_lru(i);
         self.push_front(i, PROTECTED);
-        Some(self.read(i))
+        self.read(i)
     }
 
     fn insert(
@@ -292,9 +300,15 @@ impl Table for SlotTable<'_> {
         self.expire_some(now);
         let i = self.take_slot().ok_or(StoreError::Unavailable)?;
         let b = self.bucket_of(key);
-        self.slots[i as usize].key = key.0;
-        self.slots[i as usize].chain = self.buckets[b];
-        self.buckets[b] = i;
+        let (Some(&head), Some(slot)) = (self.buckets.get(b), self.slots.get_mut(i as usize))
+        else {
+            return Err(StoreError::Unavailable);
+        };
+        slot.key = key.0;
+        slot.chain = head;
+        if let Some(first) = self.buckets.get_mut(b) {
+            *first = i;
+        }
         self.write(i, rec, expires);
         self.push_front(i, if established { PROTECTED } else { PROBATION });
         self.header.count += 1;
