@@ -34,7 +34,7 @@ test: build
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --$(PROFILE) --all-targets -- -D warnings
+	$(CARGO) clippy --$(PROFILE) --workspace --all-targets -- -D warnings
 
 bench: build
 	bash bench/run.sh
