@@ -912,3 +912,46 @@ fn requests_that_go_away_while_waiting_leave_nothing_behind() {
     assert_eq!(r.status, 200, "{r}");
     assert_eq!(r.st(), "error", "{r}");
 }
+
+/// HTTP/2: a client sends several streams on one connection and vanishes while they wait
+/// on a stalled Redis. NGINX finalizes the streams; nothing may crash or leak, and the
+/// worker goes on serving sessions once Redis is back.
+#[test]
+fn http2_client_vanishing_while_waiting_leaves_nothing_behind() {
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl not installed: HTTP/2 abort test skipped");
+        return;
+    }
+    let redis = Redis::start();
+    let http = redis_http(&redis, "sessions_redis_timeout 1s;");
+    let mut ng = Nginx::start_template(&main_conf(&site(&http, "http2 on;"), 1), 1);
+    ng.allow_log(UNAVAILABLE);
+    let v = new_session(ng.port, Req::get("/index.html"));
+    {
+        let _stopped = Stopped::stop(&redis);
+        let url = format!("http://127.0.0.1:{}/index.html", ng.port);
+        let cookie = format!("Cookie: {SID}={v}");
+        let ua = format!("User-Agent: {UA}");
+        let t = Instant::now();
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--http2-prior-knowledge", "--max-time", "0.3"])
+            .args(["-H", &cookie, "-H", &ua, "--parallel", &url, &url, &url])
+            .output()
+            .expect("curl");
+        assert!(!out.status.success(), "the streams should still be waiting on Redis");
+        assert!(t.elapsed() < Duration::from_secs(3), "curl did not give up: {:?}", t.elapsed());
+    } // SIGCONT
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = Req::get("/index.html").sid(&v).send(ng.port);
+        assert_eq!(r.status, 200, "{r}");
+        if r.st() == "valid" {
+            break;
+        }
+        assert_eq!(r.st(), "error", "the session must survive: {r}");
+        assert!(Instant::now() < deadline, "never valid again: {r}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    ng.stop();
+}
