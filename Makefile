@@ -4,13 +4,14 @@
 #   make run     the demo (nginx-conf/demo.conf) on http://127.0.0.1:8080, Ctrl-C stops it
 #   make test    unit and integration tests
 #   make bench   wrk: bare NGINX vs the module, one table
+#   make debian  the module for Debian 12's packaged NGINX (needs nginx-dev)
 
 CARGO   ?= cargo
 BUILD   := $(CURDIR)/build
 PROFILE := release
 TARGET  := $(CURDIR)/target/$(PROFILE)
 
-.PHONY: all deps build run test bench clean lint
+.PHONY: all deps build run test bench clean lint debian
 
 all: build
 
@@ -38,6 +39,9 @@ lint:
 
 bench: build
 	bash bench/run.sh
+
+debian:
+	bash scripts/build-debian.sh
 
 clean:
 	$(CARGO) clean
