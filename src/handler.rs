@@ -225,14 +225,10 @@ pub unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t
         Some(mut locked) => {
             session::evaluate(locked.table(), incoming, id.signer, now, &res.policy, &client)
         }
-        None => Evaluation {
-            status: Status::Error,
-            id: match incoming {
-                Incoming::Verified(id) => Some(id),
-                _ => None,
-            },
-            set_cookie: false,
-        },
+        None => Evaluation::store_error(match incoming {
+            Incoming::Verified(id) => Some(id),
+            _ => None,
+        }),
     };
     log_outcome(req.connection_log(), &eval, incoming);
     if eval.status == Status::Error {
@@ -276,7 +272,7 @@ unsafe fn start_redis(
     mcf: &MainConf,
     upstream: &crate::redis::Upstream,
 ) -> ngx_int_t {
-    let placeholder = Evaluation { status: Status::Error, id: None, set_cookie: false };
+    let placeholder = Evaluation::store_error(None);
     let Some(ctx) = set_ctx(r, placeholder) else {
         return NGX_ERROR as ngx_int_t;
     };
@@ -324,7 +320,7 @@ unsafe fn session_step(
     };
     let Some(id) = identity(res, mcf) else {
         // The shared secret or name could not be had: nothing to verify with.
-        ctx.eval = Evaluation { status: Status::Error, id: None, set_cookie: false };
+        ctx.eval = Evaluation::store_error(None);
         return false;
     };
     let step = match (ctx.flow.as_mut(), reply) {

@@ -266,7 +266,7 @@ impl Flow {
     /// The request's result when Redis cannot be used: nothing changes, the cookie stays.
     pub fn failed(&mut self) -> Evaluation {
         self.state = State::Done;
-        Evaluation { status: Status::Error, id: self.incoming, set_cookie: false }
+        Evaluation::store_error(self.incoming)
     }
 
     fn done(&mut self, eval: Evaluation) -> Step {

@@ -215,6 +215,14 @@ pub struct Evaluation {
     pub set_cookie: bool,
 }
 
+impl Evaluation {
+    /// The store could not be used: the request goes on, the cookie (and so its ID, if it
+    /// verified) is left as it is.
+    pub fn store_error(incoming: Option<SessionId>) -> Self {
+        Evaluation { status: Status::Error, id: incoming, set_cookie: false }
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreError {
@@ -287,11 +295,7 @@ pub fn evaluate<T: Table>(
                         ) {
                             Ok(()) | Err(StoreError::Exists) => {}
                             Err(StoreError::Unavailable) => {
-                                return Evaluation {
-                                    status: Status::Error,
-                                    id: Some(id),
-                                    set_cookie: false,
-                                }
+                                return Evaluation::store_error(Some(id))
                             }
                         }
                         let old = Record { renewed_at: now, last_seen: now, ..rec };
@@ -352,7 +356,7 @@ fn start<T: Table>(
             Err(StoreError::Unavailable) => break,
         }
     }
-    Evaluation { status: Status::Error, id: None, set_cookie: false }
+    Evaluation::store_error(None)
 }
 
 #[cfg(test)]

@@ -55,7 +55,8 @@ struct List {
     tail: u32,
 }
 
-/// The table's bookkeeping, at the start of its region.
+/// The table's bookkeeping (counts, free list, LRU ends); the glue keeps it in the zone's
+/// root, next to the pointers to the buckets and slots.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Header {
