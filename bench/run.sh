@@ -4,7 +4,7 @@
 # report and writes it to bench/results/latest.md. Scratch files go to a temp directory
 # that is removed at the end (kept when something fails, for a look at the error logs).
 #
-# Quick trial run: BENCH_DURATION=2 BENCH_WARMUP=1 bash bench/run.sh
+# Quick trial run: BENCH_DURATION=2 BENCH_WARMUP=1 BENCH_ROUNDS=1 bash bench/run.sh
 # Skip criterion:  BENCH_NO_CRITERION=1 bash bench/run.sh
 set -euo pipefail
 
