@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make bench`: bare NGINX vs the sessions module, one Markdown table.
+"""`make bench`: bare NGINX vs the sessions module, one Markdown report.
 
 Called by bench/run.sh (which builds nothing: `make bench` depends on `make build`, and
 run.sh runs the criterion micro-benchmark first). Python 3 standard library only.
@@ -809,7 +809,8 @@ def report(scenarios, zone, crit, elapsed_s):
     L.append(f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, commit `{git_rev()}`, "
              f"NGINX 1.28.3, {os.cpu_count()} × {cpu_model()}, Linux {platform.release()}. "
              f"`{wrk_params()}`, 1 NGINX worker on core 0, wrk on core 1, "
-             f"{ROUNDS} interleaved runs per scenario, medians; a 3-byte static file. "
+             + (f"{ROUNDS} interleaved runs per scenario, medians" if ROUNDS > 1 else "1 run per scenario")
+             + "; a 3-byte static file. "
              f"Ratios and differences are to B0 (bare NGINX) and B0c (bare NGINX sent S-ret's "
              f"`Cookie` header, byte for byte) of the same `make bench`: S-* against B0c is the "
              f"module's own cost, B0c against B0 what NGINX pays for reading that header.")
@@ -857,18 +858,22 @@ def report(scenarios, zone, crit, elapsed_s):
     L.append("")
     hz, sampled = kernel_cpu_accounting()
     reqs = [r["requests"] for s in scenarios for r in s.runs]
+    tick_us = 1e6 / CLK_TCK / min(reqs)
     note = (f"User and system time: `utime` and `stime` of the worker's /proc/<pid>/stat before "
             f"and after each run, in ticks of 1/{CLK_TCK} s; at {min(reqs):,}–{max(reqs):,} "
-            f"requests per run one tick is ≤ {1e6 / CLK_TCK / min(reqs):.3f} µs/req, so the tick "
-            f"granularity does not matter. ")
+            f"requests per run one tick is ≤ {tick_us:.3f} µs/req"
+            + (", so the tick granularity does not matter. " if tick_us <= 0.02 else
+               ": too few requests for µs-level differences (a trial run?). "))
     if sampled and hz:
         sr = by["S-ret"].runs
         sig = statistics.median(split_sigma_us(r, hz) for r in sr) if sr else 0.0
+        samples = statistics.median(r["worker_cpu_s"] * hz for r in sr) if sr else 0
         note += (f"Their sum is the scheduler's exact runtime, but this kernel (tick-based CPU "
                  f"accounting, HZ={hz}) splits it into user and system by sampling the worker's "
-                 f"mode at each timer tick, about {hz * DURATION:,} samples per run: one run's "
-                 f"split is uncertain by about ±{sig:.2f} µs/req (1 σ, S-ret), the median of "
-                 f"{ROUNDS} runs a little less; the runs themselves are in Details.")
+                 f"mode at each timer tick, about {samples:,.0f} samples per S-ret run: one run's "
+                 f"split is uncertain by about ±{sig:.2f} µs/req (1 σ, S-ret)"
+                 + (f", the median of {ROUNDS} runs a little less" if ROUNDS > 1 else "")
+                 + "; the runs themselves are in Details.")
     elif sampled is None:
         note += ("Their sum is the scheduler's runtime; how the kernel splits it into user and "
                  "system (sampled at the timer tick unless it has precise accounting) could not "
@@ -887,8 +892,8 @@ def report(scenarios, zone, crit, elapsed_s):
             rr = by[key].runs
             L.append(f"{key}: redis-server (on wrk's core) spent {med(rr, 'helper_cpu_us'):.2f} µs "
                      f"of CPU per request; latency added by Redis on loopback vs S-"
-                     f"{key[2:]}: p50 +{med(rr, 'p50_us') - med(by['S-' + key[2:]].runs, 'p50_us'):,.0f} µs, "
-                     f"p99 +{med(rr, 'p99_us') - med(by['S-' + key[2:]].runs, 'p99_us'):,.0f} µs "
+                     f"{key[2:]}: p50 {med(rr, 'p50_us') - med(by['S-' + key[2:]].runs, 'p50_us'):+,.0f} µs, "
+                     f"p99 {med(rr, 'p99_us') - med(by['S-' + key[2:]].runs, 'p99_us'):+,.0f} µs "
                      f"(at {CONNECTIONS} connections in flight).")
     L.append("")
 
