@@ -237,7 +237,11 @@ fn every_directive_is_duplicate_when_repeated() {
 #[test]
 fn redis_off_and_tuning_alone_pass() {
     check_good("sessions_redis off;", "", "");
-    check_good("sessions_redis off;\n sessions_redis_timeout 500ms;\n sessions_redis_keepalive 0;", "", "");
+    check_good(
+        "sessions_redis off;\n sessions_redis_timeout 500ms;\n sessions_redis_keepalive 0;",
+        "",
+        "",
+    );
 }
 
 #[test]

@@ -37,7 +37,9 @@ fn unread(matches: impl Fn(u16, u16) -> bool) -> bool {
     tcp.lines().skip(1).any(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
         let port = |a: &str| a.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-        let (Some(local), Some(remote)) = (f.get(1).and_then(|a| port(a)), f.get(2).and_then(|a| port(a))) else {
+        let (Some(local), Some(remote)) =
+            (f.get(1).and_then(|a| port(a)), f.get(2).and_then(|a| port(a)))
+        else {
             return false;
         };
         let established = f.get(3) == Some(&"01");
