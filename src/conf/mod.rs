@@ -22,8 +22,9 @@ use ngx::ffi::{
     ngx_conf_t, ngx_http_core_srv_conf_t, ngx_msec_t, ngx_pool_cleanup_add, ngx_str_t, ngx_uint_t,
     NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF_OFFSET,
 };
-use ngx::http::NgxHttpCoreModule;
-use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, Merge, MergeConfigError};
+use ngx::http::{
+    HttpModuleMainConf, HttpModuleServerConf, Merge, MergeConfigError, NgxHttpCoreModule,
+};
 
 use crate::cookie::{self, CookieAttrs, SameSite, Secure, Signer};
 use crate::redis::Upstream;
