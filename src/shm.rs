@@ -5,20 +5,24 @@
 //! At the zone's first initialisation the slab pool gives us a small root (magic, the
 //! random secret and cookie name, the table header) and one block of whole pages for the
 //! table itself: a bucket array and fixed 64-byte slots (`sessions_core::table`).
+//!
+//! [`SharedZone`] is the zone as the configuration sees it: unset, configured (declared
+//! to NGINX) or ready (mapped, with its random identity). Only this file changes its
+//! state; the configuration declares it and reads it.
 
 use core::ffi::c_void;
 use core::mem::size_of;
-use core::ptr;
+use core::ptr::{self, NonNull};
 
+use ngx::core::Status;
 use ngx::ffi::{
-    ngx_int_t, ngx_log_t, ngx_pagesize, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock,
-    ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_pool_t, ngx_str_t, NGX_ERROR, NGX_LOG_EMERG,
-    NGX_LOG_NOTICE, NGX_OK,
+    ngx_conf_t, ngx_int_t, ngx_pagesize, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock,
+    ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_pool_t, ngx_str_t, NGX_LOG_EMERG,
 };
 use ngx::ngx_log_error;
 
-use crate::conf::MainConf;
 use crate::cookie::{self, Signer};
+use crate::log;
 use crate::table::{self, Header, Slot, SlotTable};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"ngxsess2");
@@ -39,69 +43,102 @@ struct Root {
 /// The random secret and name of a zone, the same in every worker and kept across
 /// reloads because they live in the zone.
 #[derive(Clone)]
-pub struct RandomIdentity {
-    pub signer: Signer,
-    pub secret: [u8; 32],
-    pub name: [u8; 16],
+pub(crate) struct RandomIdentity {
+    pub(crate) signer: Signer,
+    pub(crate) secret: [u8; 32],
+    pub(crate) name: [u8; 16],
 }
 
 impl RandomIdentity {
-    pub fn new(secret: [u8; 32], name: [u8; 16]) -> Self {
+    pub(crate) fn new(secret: [u8; 32], name: [u8; 16]) -> Self {
         RandomIdentity { signer: Signer::new(&secret), secret, name }
     }
 }
 
-pub fn min_zone_size() -> usize {
-    // SAFETY: `ngx_pagesize` is set by `ngx_os_init` before configuration is read.
-    8 * unsafe { ngx_pagesize }
+/// The session zone of one configuration cycle.
+#[derive(Default)]
+pub(crate) enum SharedZone {
+    /// No zone: neither `sessions_zone` nor any `sessions on`.
+    #[default]
+    Unset,
+    /// Declared to NGINX; not mapped yet (configuration time).
+    Configured,
+    /// Mapped and laid out: the zone, and the random identity kept in it.
+    Ready(NonNull<ngx_shm_zone_t>, Box<RandomIdentity>),
 }
 
-/// Declares the zone (from `sessions_zone` or the implicit default).
-pub fn add_zone(
-    cf: *mut ngx::ffi::ngx_conf_t,
-    name: &[u8],
-    size: usize,
-    mcf: &mut MainConf,
-) -> Result<*mut ngx_shm_zone_t, String> {
-    let mut zname = ngx_str_t { len: name.len(), data: name.as_ptr().cast_mut() };
-    // SAFETY: `cf` is live; the module static outlives every cycle. NGINX copies nothing
-    // of `zname` that it does not keep in the cycle pool (it stores the pointer, which
-    // points into the parsed configuration or a static, both living long enough).
-    let zone = unsafe {
-        ngx_shared_memory_add(
-            cf,
-            &mut zname,
-            size,
-            ptr::addr_of_mut!(crate::ngx_http_sessions_module).cast(),
-        )
-    };
-    if zone.is_null() {
-        return Err(format!(
-            "cannot declare the shared memory zone \"{}\"",
-            String::from_utf8_lossy(name)
-        ));
+impl SharedZone {
+    /// The smallest zone that holds the root and a useful table.
+    pub(crate) fn min_size() -> usize {
+        // SAFETY: `ngx_pagesize` is set by `ngx_os_init` before configuration is read.
+        8 * unsafe { ngx_pagesize }
     }
-    // SAFETY: `zone` was just returned by NGINX for this cycle.
-    unsafe {
-        if !(*zone).data.is_null() {
-            return Err(format!(
-                "shared memory zone \"{}\" is already declared",
-                String::from_utf8_lossy(name)
-            ));
+
+    pub(crate) fn is_set(&self) -> bool {
+        !matches!(self, SharedZone::Unset)
+    }
+
+    /// Declares the zone to NGINX; it is mapped and initialised once the configuration is
+    /// complete. `name` must live as long as the cycle (an argument of the configuration
+    /// or a static), because NGINX keeps the pointer.
+    ///
+    /// `self` must not move afterwards: NGINX keeps its address for [`zone_init`] (it lives
+    /// in the module's main configuration, in the cycle pool).
+    pub(crate) fn configure(
+        &mut self,
+        cf: &mut ngx_conf_t,
+        name: ngx_str_t,
+        size: usize,
+    ) -> Result<(), String> {
+        let shown = || String::from_utf8_lossy(name.as_bytes()).into_owned();
+        let mut zname = name;
+        // SAFETY: `cf` is live; the tag is the module static, which outlives every cycle;
+        // NGINX keeps `zname.data`, which the caller guarantees lives as long as the cycle.
+        let zone = unsafe {
+            ngx_shared_memory_add(
+                cf,
+                &mut zname,
+                size,
+                ptr::addr_of_mut!(crate::ngx_http_sessions_module).cast(),
+            )
+        };
+        let Some(zone) = NonNull::new(zone) else {
+            return Err(format!("cannot declare the shared memory zone \"{}\"", shown()));
+        };
+        // SAFETY: `zone` was just returned by NGINX for this cycle, nothing else uses it yet.
+        let zone_ref = unsafe { &mut *zone.as_ptr() };
+        if !zone_ref.data.is_null() {
+            return Err(format!("shared memory zone \"{}\" is already declared", shown()));
         }
-        (*zone).init = Some(zone_init);
-        (*zone).data = ptr::from_mut(mcf).cast();
+        zone_ref.init = Some(zone_init);
+        zone_ref.data = ptr::from_mut(self).cast();
+        *self = SharedZone::Configured;
+        Ok(())
     }
-    Ok(zone)
+
+    /// The random secret and name kept in the zone, once it is ready.
+    pub(crate) fn random(&self) -> Option<&RandomIdentity> {
+        match self {
+            SharedZone::Ready(_, identity) => Some(identity),
+            _ => None,
+        }
+    }
+
+    /// Locks the zone's table, or `None` when the zone is not ready.
+    pub(crate) fn lock(&self) -> Option<Locked> {
+        let SharedZone::Ready(zone, _) = self else { return None };
+        // SAFETY: a ready zone is mapped for the whole cycle (workers inherit the mapping).
+        unsafe { Locked::lock(zone.as_ptr()) }
+    }
 }
 
 unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> ngx_int_t {
-    // SAFETY: NGINX calls this with the zone it mapped; `data` is the `MainConf` set in
-    // `add_zone`, alive for the cycle being initialised.
-    let (pool, mcf, log) = unsafe {
+    // SAFETY: NGINX calls this with the zone it mapped; `data` is the `SharedZone` set in
+    // `configure`, which lives in the main configuration of the cycle being initialised.
+    let (pool, state, log) = unsafe {
         (
             (*zone).shm.addr.cast::<ngx_slab_pool_t>(),
-            &mut *(*zone).data.cast::<MainConf>(),
+            &mut *(*zone).data.cast::<SharedZone>(),
             (*zone).shm.log,
         )
     };
@@ -121,19 +158,21 @@ unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
                         log,
                         "sessions: cannot lay out the session table in its zone"
                     );
-                    return NGX_ERROR as ngx_int_t;
+                    return Status::NGX_ERROR.into();
                 }
             }
         }
     };
     // SAFETY: as above; eviction is the expected way out of a full table, not an error.
-    unsafe {
+    let (secret, name) = unsafe {
         (*pool).set_log_nomem(0);
-        mcf.random = Some(RandomIdentity::new((*root).secret, (*root).name));
-        let fp = cookie::fingerprint(&(*root).secret);
-        log_fingerprint(log, &fp, "random");
-    }
-    NGX_OK as ngx_int_t
+        ((*root).secret, (*root).name)
+    };
+    // SAFETY: `zone` is non-null (NGINX passes the zone it initialises).
+    let zone = unsafe { NonNull::new_unchecked(zone) };
+    *state = SharedZone::Ready(zone, Box::new(RandomIdentity::new(secret, name)));
+    log::fingerprint(log, &cookie::fingerprint(&secret), "random");
+    Status::NGX_OK.into()
 }
 
 /// Allocates and initialises the root and the table in a fresh zone.
@@ -141,99 +180,92 @@ unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
 /// # Safety
 /// `pool` is a freshly initialised slab pool, used by nobody else yet.
 unsafe fn new_root(pool: *mut ngx_slab_pool_t) -> Option<*mut Root> {
-    let root = ngx_slab_alloc_locked(pool, size_of::<Root>()).cast::<Root>();
-    if root.is_null() {
-        return None;
-    }
-    // The table takes every page left, in one block (page-aligned, so the 64-byte slots
-    // after a power-of-two bucket array are cache-line aligned).
-    let page = ngx_pagesize;
-    let mut pages = (*pool).pfree;
-    let mut region = ptr::null_mut::<u8>();
-    while pages > 0 {
-        region = ngx_slab_alloc_locked(pool, pages * page).cast();
-        if !region.is_null() {
-            break;
+    // SAFETY: the caller's contract; every pointer below comes from the slab allocator and
+    // is checked, and the table region is sized by `table::layout`.
+    unsafe {
+        let root = ngx_slab_alloc_locked(pool, size_of::<Root>()).cast::<Root>();
+        if root.is_null() {
+            return None;
         }
-        pages -= 1;
+        // The table takes every page left, in one block (page-aligned, so the 64-byte slots
+        // after a power-of-two bucket array are cache-line aligned).
+        let page = ngx_pagesize;
+        let mut pages = (*pool).pfree;
+        let mut region = ptr::null_mut::<u8>();
+        while pages > 0 {
+            region = ngx_slab_alloc_locked(pool, pages * page).cast();
+            if !region.is_null() {
+                break;
+            }
+            pages -= 1;
+        }
+        if region.is_null() {
+            return None;
+        }
+        let (nbuckets, nslots) = table::layout(pages * page);
+        let buckets = region.cast::<u32>();
+        let slots = region.add(nbuckets * size_of::<u32>()).cast::<Slot>();
+        let mut secret = [0u8; 32];
+        rand::Rng::fill(&mut rand::rngs::OsRng, &mut secret[..]);
+        root.write(Root {
+            magic: MAGIC,
+            secret,
+            name: cookie::random_name(),
+            header: Header::default(),
+            buckets,
+            nbuckets,
+            slots,
+            nslots,
+        });
+        let mut t = SlotTable::new(
+            &mut (*root).header,
+            core::slice::from_raw_parts_mut(buckets, nbuckets),
+            core::slice::from_raw_parts_mut(slots, nslots),
+        );
+        t.init();
+        (*pool).data = root.cast();
+        Some(root)
     }
-    if region.is_null() {
-        return None;
-    }
-    let (nbuckets, nslots) = table::layout(pages * page);
-    let buckets = region.cast::<u32>();
-    let slots = region.add(nbuckets * size_of::<u32>()).cast::<Slot>();
-    let mut secret = [0u8; 32];
-    rand::Rng::fill(&mut rand::rngs::OsRng, &mut secret[..]);
-    root.write(Root {
-        magic: MAGIC,
-        secret,
-        name: cookie::random_name(),
-        header: Header::default(),
-        buckets,
-        nbuckets,
-        slots,
-        nslots,
-    });
-    let mut t = SlotTable::new(
-        &mut (*root).header,
-        core::slice::from_raw_parts_mut(buckets, nbuckets),
-        core::slice::from_raw_parts_mut(slots, nslots),
-    );
-    t.init();
-    (*pool).data = root.cast();
-    Some(root)
 }
 
-/// One `[notice]` line per secret at start, so that operators can tell whether two
-/// instances share a secret without ever seeing it.
-pub fn log_fingerprint(log: *mut ngx_log_t, fp: &[u8; 16], kind: &str) {
-    if log.is_null() {
-        return;
-    }
-    ngx_log_error!(
-        NGX_LOG_NOTICE,
-        log,
-        "sessions: secret fingerprint {} ({})",
-        core::str::from_utf8(fp).unwrap_or("?"),
-        kind
-    );
-}
-
-/// A zone's table, locked for one critical section; unlocks on drop.
-pub struct Locked {
+/// A zone's table, locked for one critical section; unlocks on drop. The table view it
+/// hands out borrows the guard, so it cannot outlive the lock.
+pub(crate) struct Locked {
     pool: *mut ngx_slab_pool_t,
-    table: SlotTable<'static>,
+    root: *mut Root,
 }
 
 impl Locked {
-    /// Locks the zone's table, or `None` when the zone is not initialised.
-    ///
     /// # Safety
-    /// `zone` must be a live zone declared by `add_zone`; the `Locked` must not outlive
-    /// the request handler that made it (the `'static` stands for "while locked").
-    pub unsafe fn lock(zone: *mut ngx_shm_zone_t) -> Option<Locked> {
-        let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
-        if pool.is_null() {
-            return None;
+    /// `zone` must be a live, mapped zone declared by [`SharedZone::configure`].
+    unsafe fn lock(zone: *mut ngx_shm_zone_t) -> Option<Locked> {
+        // SAFETY: the caller's contract: the zone and its slab pool are mapped.
+        unsafe {
+            let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
+            if pool.is_null() {
+                return None;
+            }
+            let root = (*pool).data.cast::<Root>();
+            if root.is_null() || (*root).magic != MAGIC {
+                return None;
+            }
+            ngx_shmtx_lock(ptr::addr_of_mut!((*pool).mutex));
+            Some(Locked { pool, root })
         }
-        let root = (*pool).data.cast::<Root>();
-        if root.is_null() || (*root).magic != MAGIC {
-            return None;
-        }
-        ngx_shmtx_lock(ptr::addr_of_mut!((*pool).mutex));
-        // The mutex gives this process exclusive access to the root and the table until
-        // `drop`, so these are the only references to them.
-        let table = SlotTable::new(
-            &mut (*root).header,
-            core::slice::from_raw_parts_mut((*root).buckets, (*root).nbuckets),
-            core::slice::from_raw_parts_mut((*root).slots, (*root).nslots),
-        );
-        Some(Locked { pool, table })
     }
 
-    pub fn table(&mut self) -> &mut SlotTable<'static> {
-        &mut self.table
+    /// The table, for as long as this guard is borrowed.
+    pub(crate) fn table(&mut self) -> SlotTable<'_> {
+        // SAFETY: the mutex, held until `drop`, gives this process exclusive access to the
+        // root and the table, and `&mut self` makes this the only view in this process.
+        unsafe {
+            let root = &mut *self.root;
+            SlotTable::new(
+                &mut root.header,
+                core::slice::from_raw_parts_mut(root.buckets, root.nbuckets),
+                core::slice::from_raw_parts_mut(root.slots, root.nslots),
+            )
+        }
     }
 }
 

@@ -1,18 +1,40 @@
 //! `$session_id`, `$session_id_hash`, `$session_status`. They read what the access phase
 //! decided and never evaluate the session themselves: before the access phase (or where
 //! sessions are off) they are empty.
+//!
+//! A new variable is one line in [`VARIABLES`] and a function from the request's context
+//! to its value.
 
-use core::ptr;
-
+use ngx::core::Status;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
-    ngx_palloc, ngx_str_t, ngx_uint_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
+    ngx_palloc, ngx_str_t, ngx_uint_t, NGX_HTTP_VAR_NOCACHEABLE,
 };
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_string;
 
-use crate::handler::{get_ctx, identity};
+use crate::ctx::{self, RequestCtx};
+use crate::identity;
 use crate::Module;
+
+/// A variable's value, computed from the main request and its context.
+enum Value {
+    /// Bytes to copy into the request pool (`len` of `buf`).
+    Copy { buf: [u8; 64], len: usize },
+    /// A static string (no copy).
+    Static(&'static str),
+}
+
+impl Value {
+    /// A short value to copy; `None` (not found) if it does not fit.
+    fn copy(bytes: &[u8]) -> Option<Value> {
+        let mut buf = [0u8; 64];
+        buf.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(Value::Copy { buf, len: bytes.len() })
+    }
+}
+
+type Compute = fn(&ngx_http_request_t, &RequestCtx) -> Option<Value>;
 
 type Getter = unsafe extern "C" fn(
     *mut ngx_http_request_t,
@@ -20,113 +42,82 @@ type Getter = unsafe extern "C" fn(
     usize,
 ) -> ngx_int_t;
 
-const VARIABLES: [(ngx_str_t, Getter); 3] = [
-    (ngx_string!("session_id"), get_session_id),
-    (ngx_string!("session_id_hash"), get_session_id_hash),
-    (ngx_string!("session_status"), get_session_status),
+/// Every variable: its name and how its value is computed (passed as the handler's data).
+const VARIABLES: [(ngx_str_t, Compute); 3] = [
+    (ngx_string!("session_id"), session_id),
+    (ngx_string!("session_id_hash"), session_id_hash),
+    (ngx_string!("session_status"), session_status),
 ];
+
+fn session_id(_: &ngx_http_request_t, ctx: &RequestCtx) -> Option<Value> {
+    Value::copy(&ctx.eval.id?.encode())
+}
+
+fn session_id_hash(main: &ngx_http_request_t, ctx: &RequestCtx) -> Option<Value> {
+    let id = ctx.eval.id?;
+    let (mcf, scf) = (Module::main_conf(main)?, Module::server_conf(main)?);
+    let res = scf.resolved.as_ref()?;
+    identity::with(res, mcf, |ident| Value::copy(&ident.signer.log_hash(&id)))?
+}
+
+fn session_status(_: &ngx_http_request_t, ctx: &RequestCtx) -> Option<Value> {
+    Some(Value::Static(ctx.eval.status.as_str()))
+}
 
 /// Registers the variables (preconfiguration).
 ///
 /// # Safety
 /// `cf` must be a live configuration context.
-pub unsafe fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
-    for (name, get) in VARIABLES {
+pub(crate) unsafe fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
+    for (name, compute) in VARIABLES {
         let mut name = name;
-        let var = ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as ngx_uint_t);
-        if var.is_null() {
-            return NGX_ERROR as ngx_int_t;
-        }
-        (*var).get_handler = Some(get);
-        (*var).data = 0;
-    }
-    NGX_OK as ngx_int_t
-}
-
-/// # Safety
-/// `v` is a live variable value; `data` lives at least as long as the request.
-unsafe fn set_value(v: *mut ngx_http_variable_value_t, data: *const u8, len: usize) {
-    (*v).set_len(len as u32);
-    (*v).set_valid(1);
-    (*v).set_no_cacheable(1);
-    (*v).set_not_found(0);
-    (*v).data = data.cast_mut();
-}
-
-/// # Safety
-/// `v` is a live variable value.
-unsafe fn not_found(v: *mut ngx_http_variable_value_t) -> ngx_int_t {
-    (*v).set_not_found(1);
-    NGX_OK as ngx_int_t
-}
-
-/// Copies `bytes` into the request pool and points the value at it.
-///
-/// # Safety
-/// `r` and `v` are live.
-unsafe fn set_copy(
-    r: *mut ngx_http_request_t,
-    v: *mut ngx_http_variable_value_t,
-    bytes: &[u8],
-) -> ngx_int_t {
-    let p = ngx_palloc((*r).pool, bytes.len()).cast::<u8>();
-    if p.is_null() {
-        return NGX_ERROR as ngx_int_t;
-    }
-    ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
-    set_value(v, p, bytes.len());
-    NGX_OK as ngx_int_t
-}
-
-unsafe extern "C" fn get_session_id(
-    r: *mut ngx_http_request_t,
-    v: *mut ngx_http_variable_value_t,
-    _: usize,
-) -> ngx_int_t {
-    // SAFETY: NGINX passes a live request and value; subrequests share the main context.
-    unsafe {
-        match get_ctx((*r).main).and_then(|c| c.eval.id) {
-            Some(id) => set_copy(r, v, &id.encode()),
-            None => not_found(v),
-        }
-    }
-}
-
-unsafe extern "C" fn get_session_id_hash(
-    r: *mut ngx_http_request_t,
-    v: *mut ngx_http_variable_value_t,
-    _: usize,
-) -> ngx_int_t {
-    // SAFETY: as above.
-    unsafe {
-        let Some(id) = get_ctx((*r).main).and_then(|c| c.eval.id) else {
-            return not_found(v);
+        // SAFETY: the caller's contract; NGINX copies the name.
+        let var =
+            unsafe { ngx_http_add_variable(cf, &mut name, NGX_HTTP_VAR_NOCACHEABLE as ngx_uint_t) };
+        // SAFETY: null or a variable NGINX just added for us.
+        let Some(var) = (unsafe { var.as_mut() }) else {
+            return Status::NGX_ERROR.into();
         };
-        let main = &*(*r).main;
-        let (Some(mcf), Some(scf)) = (Module::main_conf(main), Module::server_conf(main)) else {
-            return not_found(v);
-        };
-        match scf.resolved.as_ref().and_then(|res| identity(res, mcf)) {
-            Some(ident) => set_copy(r, v, &ident.signer.log_hash(&id)),
-            None => not_found(v),
-        }
+        var.get_handler = Some(get as Getter);
+        var.data = compute as usize;
     }
+    Status::NGX_OK.into()
 }
 
-unsafe extern "C" fn get_session_status(
+/// The one getter: finds the main request's context and computes the value with `data`.
+unsafe extern "C" fn get(
     r: *mut ngx_http_request_t,
     v: *mut ngx_http_variable_value_t,
-    _: usize,
+    data: usize,
 ) -> ngx_int_t {
-    // SAFETY: as above; the status text is a static string.
-    unsafe {
-        match get_ctx((*r).main) {
-            Some(ctx) => {
-                let s = ctx.eval.status.as_str();
-                set_value(v, s.as_ptr(), s.len());
-                NGX_OK as ngx_int_t
+    // SAFETY: `data` is a `Compute` stored by `register` (fn pointers round-trip through
+    // usize); NGINX passes a live request and value; subrequests share the main context.
+    let (compute, main, v) =
+        unsafe { (core::mem::transmute::<usize, Compute>(data), (*r).main, &mut *v) };
+    // SAFETY: the main request of a live request is live; the borrow ends inside.
+    let value = unsafe { ctx::with(main, |ctx| compute(&*main, ctx)) }.flatten();
+    let (data, len) = match value {
+        None => {
+            v.set_not_found(1);
+            return Status::NGX_OK.into();
+        }
+        Some(Value::Static(s)) => (s.as_ptr().cast_mut(), s.len()),
+        Some(Value::Copy { buf, len }) => {
+            let bytes = &buf[..len];
+            // SAFETY: the request pool is live; the copy fills the whole allocation.
+            let p = unsafe { ngx_palloc((*r).pool, bytes.len()) }.cast::<u8>();
+            if p.is_null() {
+                return Status::NGX_ERROR.into();
             }
-            None => not_found(v),
+            // SAFETY: `p` holds `bytes.len()` bytes and does not overlap `bytes`.
+            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
+            (p, bytes.len())
         }
-    }
+    };
+    v.set_len(len as u32);
+    v.set_valid(1);
+    v.set_no_cacheable(1);
+    v.set_not_found(0);
+    v.data = data;
+    Status::NGX_OK.into()
 }

@@ -194,6 +194,56 @@ fn duplicate_directives() {
     check_bad(Ctx::Location, "sessions off; # BAD", true);
 }
 
+/// Every directive, given twice at one level, is "is duplicate" at the second line; for
+/// `sessions_redis` that includes `off` after a URL (which used to keep the URL) and a URL
+/// after `off`.
+#[test]
+fn every_directive_is_duplicate_when_repeated() {
+    let redis = "redis://127.0.0.1:6379";
+    for (first, second) in [
+        ("sessions_name a", "sessions_name a"),
+        ("sessions_secret random", "sessions_secret random"),
+        ("sessions_idling_timeout 10s", "sessions_idling_timeout 10s"),
+        ("sessions_rolling_timeout 10s", "sessions_rolling_timeout 20s"),
+        ("sessions_absolute_timeout 1h", "sessions_absolute_timeout 2h"),
+        ("sessions_check_ip on", "sessions_check_ip on"),
+        ("sessions_check_user_agent off", "sessions_check_user_agent on"),
+        ("sessions_cookie_domain example.com", "sessions_cookie_domain off"),
+        ("sessions_cookie_path /", "sessions_cookie_path /app"),
+        ("sessions_cookie_samesite lax", "sessions_cookie_samesite strict"),
+        ("sessions_cookie_secure auto", "sessions_cookie_secure on"),
+        ("sessions_zone a:1m", "sessions_zone a:1m"),
+        (&format!("sessions_redis {redis}"), "sessions_redis off"),
+        ("sessions_redis off", &format!("sessions_redis {redis}")),
+        (&format!("sessions_redis {redis}"), &format!("sessions_redis {redis}")),
+        ("sessions_redis_timeout 1s", "sessions_redis_timeout 2s"),
+        ("sessions_redis_keepalive 10", "sessions_redis_keepalive 10"),
+    ] {
+        let t = nginx_t_http(&body(&format!("{first};\n    {second}; # BAD"), "", ""));
+        t.assert_emerg(Some(line_of(&t.conf_text, "# BAD")));
+        assert!(
+            t.stderr.contains("is duplicate"),
+            "{first} / {second}: expected \"is duplicate\":\n{}",
+            t.stderr
+        );
+    }
+    // The same directive at two levels is an override, not a duplicate.
+    check_good("sessions_idling_timeout 10s;", "sessions_idling_timeout 20s;", "");
+    check_bad(Ctx::Server, "sessions off;\n sessions on; # BAD", true);
+}
+
+/// `sessions_redis off` alone is the shared-memory store; the Redis tuning directives are
+/// accepted with it or without a URL.
+#[test]
+fn redis_off_and_tuning_alone_pass() {
+    check_good("sessions_redis off;", "", "");
+    check_good(
+        "sessions_redis off;\n sessions_redis_timeout 500ms;\n sessions_redis_keepalive 0;",
+        "",
+        "",
+    );
+}
+
 #[test]
 fn directives_not_allowed_in_location() {
     for d in [

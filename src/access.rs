@@ -1,0 +1,338 @@
+//! The access phase: evaluate the session of a main request once, from the shared-memory
+//! table (synchronously) or from Redis (suspending the request until the reply, then
+//! resuming it from a posted event).
+
+use core::ffi::c_void;
+use core::ptr;
+
+use ngx::core::Status;
+use ngx::ffi::{
+    ngx_array_push, ngx_conf_t, ngx_event_t, ngx_http_handler_pt,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE as NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_int_t,
+    ngx_time, NGX_LOG_ALERT,
+};
+use ngx::http::{
+    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
+};
+use ngx::ngx_log_error;
+
+use crate::conf::{MainConf, Resolved};
+use crate::cookie::{CookieCollector, Incoming};
+use crate::ctx::{self, RequestCtx};
+use crate::identity::{self, Identity};
+use crate::log::{self, debug_http};
+use crate::redis::{self, Failure, Upstream};
+use crate::redis_flow::{self, Flow, Reply, Step};
+use crate::session::{self, Client, Evaluation};
+use crate::Module;
+
+/// Registers the access handler (postconfiguration).
+pub(crate) fn install(cf: &mut ngx_conf_t) -> Result<(), ()> {
+    let cmcf = NgxHttpCoreModule::main_conf_mut(cf).ok_or(())?;
+    let handlers = &mut cmcf.phases[NGX_HTTP_ACCESS_PHASE as usize].handlers;
+    // SAFETY: the phase's handler array is a live `ngx_array_t` of `ngx_http_handler_pt`.
+    let slot = unsafe { ngx_array_push(handlers) }.cast::<ngx_http_handler_pt>();
+    if slot.is_null() {
+        return Err(());
+    }
+    // SAFETY: `slot` is a fresh element of that array.
+    unsafe { slot.write(Some(access_handler)) };
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    ngx_time().max(0) as u64
+}
+
+/// Collects the request's cookies with our name and verifies them (no store access).
+fn incoming(r: &ngx_http_request_t, id: &Identity) -> Incoming {
+    let mut cookies = CookieCollector::new(id.signer, id.name);
+    // SAFETY: a live request's header list is a valid `ngx_list_t` of table elements.
+    for (key, value) in unsafe { ngx::http::list_iterator(&r.headers_in.headers) } {
+        if key.as_bytes().eq_ignore_ascii_case(b"cookie") {
+            cookies.header(value.as_bytes());
+        }
+    }
+    cookies.finish()
+}
+
+/// What the session is bound to: `$remote_addr` (after realip) and the User-Agent.
+fn client(r: &ngx_http_request_t) -> Client {
+    // SAFETY: a live request has a live connection; `user_agent` is null or a header of it.
+    let (addr, ua) =
+        unsafe { ((*r.connection).addr_text.as_bytes(), r.headers_in.user_agent.as_ref()) };
+    Client::new(addr, ua.map(|h| h.value.as_bytes()).unwrap_or(b""))
+}
+
+/// What the cookies said, for debug lines (never the ID itself).
+fn kind(incoming: Incoming) -> &'static str {
+    match incoming {
+        Incoming::Absent => "absent",
+        Incoming::Invalid => "invalid",
+        Incoming::Verified(_) => "verified",
+    }
+}
+
+/// Access phase: evaluate the session of a main request once.
+unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: NGINX calls phase handlers with a live request.
+    let req = unsafe { &*r };
+    if req.main != r {
+        return Status::NGX_DECLINED.into();
+    }
+    // SAFETY: live request.
+    if let Some(waiting) = unsafe { ctx::with(r, |ctx| ctx.waiting) } {
+        // Evaluated already, or a spurious run while suspended: keep waiting for the
+        // resume event, which alone lets the phases go on.
+        debug_http!(
+            req,
+            "sessions: access phase again, {}",
+            if waiting { "still waiting" } else { "decided" }
+        );
+        return if waiting { Status::NGX_DONE.into() } else { Status::NGX_DECLINED.into() };
+    }
+    if !Module::location_conf(req).is_some_and(|l| l.enabled()) {
+        return Status::NGX_DECLINED.into();
+    }
+    let (Some(mcf), Some(scf)) = (Module::main_conf(req), Module::server_conf(req)) else {
+        return Status::NGX_DECLINED.into();
+    };
+    let (Some(res), true) = (scf.resolved.as_ref(), mcf.zone.is_set()) else {
+        return Status::NGX_DECLINED.into();
+    };
+    if let Some(upstream) = &mcf.redis_upstream {
+        // SAFETY: live main request without a context.
+        return unsafe { start_redis(r, res, mcf, upstream) };
+    }
+    let Some((eval, incoming)) = identity::with(res, mcf, |id| {
+        let (incoming, client) = (incoming(req, &id), client(req));
+        let eval = match mcf.zone.lock() {
+            Some(mut locked) => session::evaluate(
+                &mut locked.table(),
+                incoming,
+                id.signer,
+                now_secs(),
+                &res.policy,
+                &client,
+            ),
+            None => Evaluation::store_error(match incoming {
+                Incoming::Verified(id) => Some(id),
+                _ => None,
+            }),
+        };
+        (eval, incoming)
+    }) else {
+        debug_http!(req, "sessions: no identity yet, not evaluated");
+        return Status::NGX_DECLINED.into();
+    };
+    debug_http!(
+        req,
+        "sessions: shared memory says {} (cookie {})",
+        eval.status.as_str(),
+        kind(incoming)
+    );
+    log::outcome(log::request_log(req), &eval, incoming);
+    if eval.status == session::Status::Error {
+        log::store_full(log::request_log(req));
+    }
+    // SAFETY: live main request without a context (checked above).
+    match unsafe { ctx::create(r, eval, redis_done) } {
+        Some(_) => Status::NGX_DECLINED.into(),
+        None => Status::NGX_ERROR.into(),
+    }
+}
+
+/// Starts the Redis path: fetch the shared identity if it is needed and not known (or
+/// stale), else the session algorithm. Suspends the request when a command is in flight.
+///
+/// # Safety
+/// `r` is a live main request without a context.
+unsafe fn start_redis(
+    r: *mut ngx_http_request_t,
+    res: &Resolved,
+    mcf: &MainConf,
+    upstream: &Upstream,
+) -> ngx_int_t {
+    // SAFETY: the caller's contract.
+    let Some(ctx) = (unsafe { ctx::create(r, Evaluation::store_error(None), redis_done) }) else {
+        return Status::NGX_ERROR.into();
+    };
+    let ctx = ctx.as_ptr();
+    // SAFETY: `r` is live (the caller's contract).
+    let req = unsafe { &*r };
+    let sent = if identity::needs_fetch(res, now_secs()) {
+        match mcf.zone.random() {
+            Some(local) => {
+                debug_http!(req, "sessions redis: fetching the shared identity");
+                let mut proposal = [0u8; redis_flow::IDENTITY_LEN];
+                proposal[..32].copy_from_slice(&local.secret);
+                proposal[32..].copy_from_slice(&local.name);
+                let cmd = redis_flow::Command::Identity { proposal }.encode();
+                // SAFETY: the context lives until the request's pool goes, and its cleanup
+                // cancels the command first; `upstream` lives in the configuration.
+                unsafe { redis::execute(upstream, cmd, ptr::addr_of_mut!((*ctx).waiter)) }.is_ok()
+            }
+            None => false,
+        }
+    } else {
+        // SAFETY: a fresh context of a live request.
+        unsafe { session_step(ctx, None) }
+    };
+    if !sent {
+        // Decided without waiting (or Redis is down): no suspension.
+        debug_http!(req, "sessions redis: decided without waiting");
+        return Status::NGX_DECLINED.into();
+    }
+    debug_http!(req, "sessions redis: request suspended");
+    // SAFETY: the context and the request are live; the extra reference keeps the request
+    // alive until `resume_request` gives it back.
+    unsafe {
+        (*ctx).waiting = true;
+        let main = (*r).main;
+        (*main).set_count((*main).count() + 1);
+    }
+    Status::NGX_DONE.into()
+}
+
+/// Advances the session algorithm with `reply` (or starts it). Returns whether a command
+/// is now in flight; otherwise the context's `eval` holds the decision.
+///
+/// The context is reached through `ctx` field by field: the waiter inside it is handed to
+/// the Redis client, so no reference to the whole context may be live across `execute`.
+///
+/// # Safety
+/// `ctx` is a live context (created by [`ctx::create`]) of a live request, with no command
+/// in flight.
+unsafe fn session_step(ctx: *mut RequestCtx, reply: Option<Result<Reply, Failure>>) -> bool {
+    // SAFETY: the caller's contract.
+    let req = unsafe { &*(*ctx).request };
+    let (Some(mcf), Some(scf)) = (Module::main_conf(req), Module::server_conf(req)) else {
+        return false;
+    };
+    let (Some(res), Some(upstream)) = (scf.resolved.as_ref(), mcf.redis_upstream.as_ref()) else {
+        return false;
+    };
+    let step = identity::with(res, mcf, |id| {
+        // SAFETY: the caller's contract; these borrows cover the flow and the incoming
+        // cookie only, and end with this closure.
+        let (flow, incoming_slot) = unsafe {
+            (&mut *ptr::addr_of_mut!((*ctx).flow), &mut *ptr::addr_of_mut!((*ctx).incoming))
+        };
+        match (flow.as_mut(), reply) {
+            (None, _) => {
+                let incoming = incoming(req, &id);
+                *incoming_slot = incoming;
+                let (started, step) = Flow::start(incoming, now_secs(), &res.policy, &client(req));
+                *flow = Some(started);
+                step
+            }
+            (Some(flow), Some(Ok(reply))) => flow.on_reply(reply, id.signer),
+            (Some(flow), _) => Step::Done(flow.failed()),
+        }
+    });
+    let Some(step) = step else {
+        // The shared secret or name could not be had: nothing to verify with.
+        debug_http!(req, "sessions redis: no identity, store error");
+        // SAFETY: the caller's contract.
+        unsafe { (*ctx).eval = Evaluation::store_error(None) };
+        return false;
+    };
+    match step {
+        Step::Done(eval) => {
+            // SAFETY: the caller's contract.
+            let incoming = unsafe {
+                (*ctx).eval = eval;
+                (*ctx).incoming
+            };
+            debug_http!(
+                req,
+                "sessions redis: decided {} (cookie {})",
+                eval.status.as_str(),
+                kind(incoming)
+            );
+            log::outcome(log::request_log(req), &eval, incoming);
+            false
+        }
+        Step::Send(cmd) => {
+            debug_http!(req, "sessions redis: sending a command");
+            // SAFETY: the waiter is reached from the context's own pointer and stays valid
+            // until its reply or the context's cleanup, which cancels it.
+            let waiter = unsafe { ptr::addr_of_mut!((*ctx).waiter) };
+            // SAFETY: as above; `upstream` lives in the configuration.
+            if unsafe { redis::execute(upstream, cmd.encode(), waiter) }.is_ok() {
+                return true;
+            }
+            // SAFETY: the caller's contract; the command was not started.
+            unsafe {
+                if let Some(flow) = (*ctx).flow.as_mut() {
+                    (*ctx).eval = flow.failed();
+                }
+            }
+            false
+        }
+    }
+}
+
+/// The Redis client's callback: a reply (or failure) for the command in flight. `data` is
+/// the context, as given to its waiter by [`ctx::create`].
+unsafe fn redis_done(data: *mut c_void, reply: Result<Reply, Failure>) {
+    let ctx = data.cast::<RequestCtx>();
+    // SAFETY: a waiter's callback only runs while it is not cancelled, that is while its
+    // context (and so its request) is live.
+    let (r, identity_reply) = unsafe { ((*ctx).request, (*ctx).flow.is_none()) };
+    // SAFETY: as above.
+    let req = unsafe { &*r };
+    if identity_reply {
+        debug_http!(
+            req,
+            "sessions redis: identity reply {}",
+            if reply.is_ok() { "received" } else { "failed" }
+        );
+        if let Ok(Reply::Bulk(v)) = &reply {
+            identity::adopt(v, now_secs(), log::request_log(req));
+        }
+    }
+    // SAFETY: as above; the command that answered is no longer in flight.
+    if unsafe { session_step(ctx, if identity_reply { None } else { Some(reply) }) } {
+        return;
+    }
+    // Decided. Resume from a posted event, not from inside the Redis connection's handler;
+    // the request stays `waiting` until then, so that a phase run in between (a write
+    // event on the client connection) still finds it suspended.
+    // SAFETY: as above; the cleanup withdraws the event if the request goes first.
+    unsafe {
+        let ev = ptr::addr_of_mut!((*ctx).resume);
+        (*ev).handler = Some(resume_request);
+        (*ev).data = ctx.cast();
+        (*ev).log = log::request_log(req);
+        ngx::ffi::ngx_post_event(ev, ptr::addr_of_mut!(ngx::ffi::ngx_posted_events));
+    }
+}
+
+/// Gives back the reference taken when suspending and runs the request's phases again;
+/// the access handler then finds the decision in the context and lets the request go on.
+unsafe extern "C" fn resume_request(ev: *mut ngx_event_t) {
+    // SAFETY: the event is the context's own `resume`, posted by `redis_done` with the
+    // context as data; it is withdrawn by the cleanup, so the context is live.
+    unsafe {
+        let ctx = (*ev).data.cast::<RequestCtx>();
+        let r = (*ctx).request;
+        (*ctx).waiting = false;
+        let main = (*r).main;
+        let c = (*r).connection;
+        let count = (*main).count();
+        if count == 0 {
+            // Our reference is gone: something else finalized the request. Leave it be.
+            ngx_log_error!(
+                NGX_LOG_ALERT,
+                (*c).log,
+                "sessions: resumed a request that holds no reference"
+            );
+            return;
+        }
+        debug_http!(&*r, "sessions redis: resuming the request");
+        (*main).set_count(count - 1);
+        ngx::ffi::ngx_http_core_run_phases(r);
+        ngx::ffi::ngx_http_run_posted_requests(c);
+    }
+}

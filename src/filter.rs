@@ -1,0 +1,156 @@
+//! The header filter: adds our `Set-Cookie` once per main request, when the session
+//! started or was renewed, and hides one an upstream may have sent for our name.
+
+use core::cell::Cell;
+
+use ngx::core::Status;
+use ngx::ffi::{
+    ngx_http_output_header_filter_pt, ngx_http_request_t, ngx_int_t, ngx_list_part_t,
+    ngx_list_push, ngx_palloc, ngx_table_elt_t,
+};
+use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
+
+use crate::cookie;
+use crate::ctx;
+use crate::identity;
+use crate::log::debug_http;
+use crate::session::Evaluation;
+use crate::Module;
+
+/// The next filter in the chain, saved by [`install`].
+struct Next(Cell<ngx_http_output_header_filter_pt>);
+
+// SAFETY: written once at configuration time (single-threaded master), then only read by
+// the worker's one thread.
+unsafe impl Sync for Next {}
+
+static NEXT_HEADER_FILTER: Next = Next(Cell::new(None));
+
+/// Puts our filter at the top of the header filter chain (postconfiguration).
+pub(crate) fn install() {
+    // SAFETY: configuration time, single-threaded: nothing else reads or writes the top of
+    // the chain meanwhile.
+    unsafe {
+        NEXT_HEADER_FILTER.0.set(ngx::ffi::ngx_http_top_header_filter);
+        ngx::ffi::ngx_http_top_header_filter = Some(header_filter);
+    }
+}
+
+unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: NGINX calls filters with a live request.
+    if unsafe { (*r).main } == r {
+        // SAFETY: live request; the borrow ends inside.
+        let due = unsafe {
+            ctx::with(r, |ctx| {
+                let due = ctx.eval.set_cookie && !ctx.cookie_sent;
+                ctx.cookie_sent |= due;
+                due.then_some(ctx.eval)
+            })
+        };
+        if let Some(Some(eval)) = due {
+            // SAFETY: live main request.
+            if unsafe { set_cookie(r, &eval) }.is_none() {
+                return Status::NGX_ERROR.into();
+            }
+        }
+    }
+    match NEXT_HEADER_FILTER.0.get() {
+        // SAFETY: the next filter of the chain, with the request it was meant for.
+        Some(next) => unsafe { next(r) },
+        None => Status::NGX_ERROR.into(),
+    }
+}
+
+/// Writes the one `Set-Cookie` line: one buffer of the exact size, from the request pool.
+///
+/// # Safety
+/// `r` is a live main request.
+unsafe fn set_cookie(r: *mut ngx_http_request_t, eval: &Evaluation) -> Option<()> {
+    // SAFETY: the caller's contract; nothing else borrows the request while the filter runs.
+    let req = unsafe { &mut *r };
+    let Some(sid) = eval.id else { return Some(()) };
+    let (mcf, scf) = (Module::main_conf(req)?, Module::server_conf(req)?);
+    let res = scf.resolved.as_ref()?;
+    let secure = match res.secure {
+        cookie::Secure::On => true,
+        cookie::Secure::Off => false,
+        cookie::Secure::Auto => is_https(req),
+    };
+    identity::with(res, mcf, |id| {
+        let value = id.signer.seal(id.name, &sid);
+        let len = cookie::set_cookie_len(id.name, &res.suffix, secure);
+        // SAFETY: the request pool is live; the buffer is checked and fully written below.
+        let buf = unsafe { ngx_palloc(req.pool, len) }.cast::<u8>();
+        if buf.is_null() {
+            return None;
+        }
+        // SAFETY: `buf` holds `len` bytes, uninitialised but written before being read.
+        let out = unsafe { core::slice::from_raw_parts_mut(buf, len) };
+        let n = cookie::write_set_cookie(out, id.name, &value, &res.suffix, secure);
+        debug_http!(req, "sessions: adding Set-Cookie ({} bytes)", n);
+
+        // Never two Set-Cookie lines for our name: hide one an upstream may have sent.
+        // SAFETY: the response's header list is live; nothing else walks it meanwhile.
+        unsafe {
+            for_each_header_mut(&mut req.headers_out.headers.part, |h| {
+                if h.hash != 0
+                    && h.key.as_bytes().eq_ignore_ascii_case(b"set-cookie")
+                    && h.value
+                        .as_bytes()
+                        .strip_prefix(id.name)
+                        .is_some_and(|v| v.first() == Some(&b'='))
+                {
+                    // Filters skip headers with hash 0 (NGINX's way of deleting one).
+                    h.hash = 0;
+                }
+            })
+        };
+
+        // SAFETY: the response's header list is live.
+        let h = unsafe { ngx_list_push(&mut req.headers_out.headers) }.cast::<ngx_table_elt_t>();
+        // SAFETY: a fresh element of that list, or null.
+        let h = unsafe { h.as_mut() }?;
+        h.hash = 1;
+        h.key = ngx::ngx_string!("Set-Cookie");
+        h.value = ngx::ffi::ngx_str_t { len: n, data: buf };
+        h.lowcase_key = c"set-cookie".as_ptr().cast_mut().cast();
+        #[cfg(nginx1_23_0)]
+        {
+            h.next = core::ptr::null_mut();
+        }
+        Some(())
+    })?
+}
+
+/// Calls `f` for every header line of a list, mutably (`NgxListIterator` only lends them).
+///
+/// # Safety
+/// `part` must be the first part of a live header list, not otherwise borrowed.
+unsafe fn for_each_header_mut(
+    mut part: *mut ngx_list_part_t,
+    mut f: impl FnMut(&mut ngx_table_elt_t),
+) {
+    // SAFETY: the caller's contract: each part holds `nelts` table elements.
+    unsafe {
+        while !part.is_null() {
+            let elts = (*part).elts.cast::<ngx_table_elt_t>();
+            for i in 0..(*part).nelts {
+                f(&mut *elts.add(i));
+            }
+            part = (*part).next;
+        }
+    }
+}
+
+fn is_https(req: &ngx_http_request_t) -> bool {
+    #[cfg(ngx_feature = "http_ssl")]
+    {
+        // SAFETY: a live request has a live connection.
+        unsafe { !(*req.connection).ssl.is_null() }
+    }
+    #[cfg(not(ngx_feature = "http_ssl"))]
+    {
+        let _ = req;
+        false
+    }
+}

@@ -1,0 +1,153 @@
+//! A Redis client on the NGINX event loop: per worker, a pool of keepalive connections
+//! made with `ngx_event_connect_peer`, NGINX timers for every wait, one command in flight
+//! per connection, and a circuit breaker so that a dead Redis costs one connection attempt
+//! per second per worker, not one per request. No threads, no blocking calls.
+//!
+//! - this file: what callers use: [`Upstream`] (resolved at configuration time),
+//!   [`execute`], [`Waiter`] and [`Failure`];
+//! - `conn.rs`: one connection's state machine (setup commands, write, read, retry);
+//! - `worker.rs`: the per-worker state: the idle pool and the breaker.
+//!
+//! Callers hand over a command with a `Waiter`; the reply (or the failure) comes back
+//! through the waiter's `done`, always from an event handler, never from `execute` itself.
+
+mod conn;
+mod worker;
+
+use core::ffi::c_void;
+use core::ptr;
+
+use ngx::ffi::{ngx_msec_t, ngx_str_t, sockaddr, socklen_t};
+
+use crate::redis_flow::Reply;
+use conn::Conn;
+
+pub(crate) use worker::close_idle;
+
+/// Where and how to reach Redis, resolved at configuration time.
+#[derive(Clone)]
+pub(crate) struct Upstream {
+    pub(crate) sockaddr: *mut sockaddr,
+    pub(crate) socklen: socklen_t,
+    pub(crate) name: ngx_str_t,
+    /// `AUTH` / `SELECT` sent on every new connection.
+    pub(crate) setup: Vec<Vec<u8>>,
+    pub(crate) timeout: ngx_msec_t,
+    pub(crate) keepalive: usize,
+}
+
+impl Upstream {
+    fn name(&self) -> &str {
+        core::str::from_utf8(self.name.as_bytes()).unwrap_or("redis")
+    }
+}
+
+/// Why a command got no reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The breaker is open: Redis failed recently.
+    Down,
+    Connect,
+    Timeout,
+    Closed,
+    Protocol,
+    /// `AUTH` or `SELECT` was refused.
+    Setup,
+}
+
+impl Failure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Failure::Down => "down",
+            Failure::Connect => "connection failed",
+            Failure::Timeout => "timed out",
+            Failure::Closed => "connection closed",
+            Failure::Protocol => "protocol error",
+            Failure::Setup => "AUTH or SELECT refused",
+        }
+    }
+}
+
+/// Called with the reply to a command (or why there is none), with the waiter's `data`.
+pub(crate) type Done = unsafe fn(data: *mut c_void, reply: Result<Reply, Failure>);
+
+/// The request side of a command in flight. It lives in request memory; when the request
+/// goes away first, [`Waiter::cancel`] detaches it so that the reply is dropped.
+///
+/// Like `ngx_event_t`, it carries a `data` pointer for its owner: the callback gets that,
+/// never a pointer derived from the waiter, so the owner keeps the right to all of itself.
+pub(crate) struct Waiter {
+    conn: *mut Conn,
+    done: Done,
+    data: *mut c_void,
+}
+
+impl Waiter {
+    pub(crate) const fn new(done: Done, data: *mut c_void) -> Self {
+        Waiter { conn: ptr::null_mut(), done, data }
+    }
+
+    /// Forgets the command in flight; its connection is closed (its reply would be
+    /// stale), not returned to the pool.
+    ///
+    /// # Safety
+    /// `this` points to a live waiter.
+    pub(crate) unsafe fn cancel(this: *mut Waiter) {
+        // SAFETY: the caller's contract; a non-null `conn` is a live connection serving
+        // this waiter (connections clear it before they go away).
+        unsafe {
+            let conn = (*this).conn;
+            if conn.is_null() {
+                return;
+            }
+            (*this).conn = ptr::null_mut();
+            conn::detach_and_close(conn);
+        }
+    }
+
+    /// Hands the outcome to the owner. The waiter is detached first: `done` may start the
+    /// next command with it.
+    ///
+    /// # Safety
+    /// `this` points to a live waiter that is not cancelled.
+    unsafe fn complete(this: *mut Waiter, reply: Result<Reply, Failure>) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            (*this).conn = ptr::null_mut();
+            let (done, data) = ((*this).done, (*this).data);
+            done(data, reply);
+        }
+    }
+}
+
+/// Sends `command` and arranges for the waiter's `done` to be called with the reply. `Err`
+/// means it could not even be started (and `done` will not be called).
+///
+/// # Safety
+/// `upstream` outlives the worker's cycle; `waiter` stays valid until `done` is called
+/// or it is cancelled.
+pub(crate) unsafe fn execute(
+    upstream: &Upstream,
+    command: Vec<u8>,
+    waiter: *mut Waiter,
+) -> Result<(), Failure> {
+    if !worker::admit() {
+        return Err(Failure::Down);
+    }
+    // SAFETY: the caller's contract on `upstream` and `waiter`; pooled connections are
+    // live and owned by the pool until popped.
+    unsafe {
+        while let Some(conn) = worker::pop_idle() {
+            if conn::is_dead(conn) {
+                conn::free(conn);
+                continue;
+            }
+            conn::start(conn, command, waiter, true);
+            return Ok(());
+        }
+        let conn =
+            conn::connect(upstream).inspect_err(|&f| worker::mark_down(upstream, f.as_str()))?;
+        conn::start(conn, command, waiter, false);
+    }
+    Ok(())
+}

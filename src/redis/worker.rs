@@ -1,0 +1,119 @@
+//! Per-worker client state: the keepalive pool and the circuit breaker. Workers are
+//! single-threaded; it is only reached through [`with_worker`], whose borrow ends with
+//! the closure, so no two borrows of it ever overlap.
+
+use core::cell::UnsafeCell;
+
+use ngx::ffi::{ngx_current_msec, ngx_log_t, ngx_msec_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
+use ngx::ngx_log_error;
+
+use super::conn::{self, Conn};
+use super::Upstream;
+
+/// How long a worker waits before trying a Redis that failed again.
+const RETRY_INTERVAL: ngx_msec_t = 1000;
+
+struct Worker {
+    idle: Vec<*mut Conn>,
+    down: bool,
+    retry_at: ngx_msec_t,
+}
+
+struct WorkerCell(UnsafeCell<Worker>);
+
+// SAFETY: a worker process runs its event loop on one thread; only that thread touches it.
+unsafe impl Sync for WorkerCell {}
+
+static WORKER: WorkerCell =
+    WorkerCell(UnsafeCell::new(Worker { idle: Vec::new(), down: false, retry_at: 0 }));
+
+/// Runs `f` with the worker's state. `f` must not call back into this module (the
+/// closures below only touch the fields), so the borrow is unique while it lives.
+fn with_worker<R>(f: impl FnOnce(&mut Worker) -> R) -> R {
+    // SAFETY: single-threaded worker, and no `with_worker` call nests in another (every
+    // closure passed here is a few field operations), so this is the only borrow.
+    f(unsafe { &mut *WORKER.0.get() })
+}
+
+fn now() -> ngx_msec_t {
+    // SAFETY: NGINX updates the cached time on the worker's own thread.
+    unsafe { ngx_current_msec }
+}
+
+pub(super) fn cycle_log() -> *mut ngx_log_t {
+    ngx::log::ngx_cycle_log().as_ptr()
+}
+
+/// Whether a command may be tried now: not while the breaker is open. After the retry
+/// interval, one request probes (half-open); the others keep failing fast meanwhile.
+pub(super) fn admit() -> bool {
+    with_worker(|w| {
+        if !w.down {
+            return true;
+        }
+        if now() < w.retry_at {
+            return false;
+        }
+        w.retry_at = now().wrapping_add(RETRY_INTERVAL);
+        true
+    })
+}
+
+pub(super) fn pop_idle() -> Option<*mut Conn> {
+    with_worker(|w| w.idle.pop())
+}
+
+/// Pools `conn` if there is room; gives it back otherwise.
+pub(super) fn push_idle(conn: *mut Conn, keep: usize) -> Result<(), *mut Conn> {
+    with_worker(|w| {
+        if w.idle.len() >= keep {
+            return Err(conn);
+        }
+        w.idle.push(conn);
+        Ok(())
+    })
+}
+
+/// Takes `conn` out of the pool, if it is there.
+pub(super) fn remove_idle(conn: *mut Conn) {
+    with_worker(|w| w.idle.retain(|&p| p != conn));
+}
+
+/// Closes the idle pool (worker exit).
+pub(crate) fn close_idle() {
+    while let Some(conn) = pop_idle() {
+        // SAFETY: pooled connections are live and owned by the pool; popped, this is the
+        // only pointer to it.
+        unsafe { conn::close(conn) };
+    }
+}
+
+/// Opens the breaker; one log line when the state changes, not one per request.
+pub(super) fn mark_down(up: &Upstream, reason: &str) {
+    let opened = with_worker(|w| {
+        w.retry_at = now().wrapping_add(RETRY_INTERVAL);
+        !core::mem::replace(&mut w.down, true)
+    });
+    if opened {
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            cycle_log(),
+            "sessions: Redis at {} is unavailable ({}); sessions answer \"error\" and retries are limited to one per {}ms",
+            up.name(),
+            reason,
+            RETRY_INTERVAL
+        );
+    }
+}
+
+/// Closes the breaker after a good reply.
+pub(super) fn mark_up(up: &Upstream) {
+    if with_worker(|w| core::mem::replace(&mut w.down, false)) {
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            cycle_log(),
+            "sessions: Redis at {} is available again",
+            up.name()
+        );
+    }
+}
