@@ -13,9 +13,9 @@ if [ ! -f "$src/conf_flags" ]; then
     echo "build-debian: Debian's nginx-dev is not installed; as root: make deb-deps" >&2
     exit 1
 fi
-work="${TMPDIR:-/tmp}/ngx-sessions-debian-src"
-rm -rf "$work"
-cp -r "$src" "$work"
+work=$(mktemp -d "${TMPDIR:-/tmp}/ngx-sessions-debian-src.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+cp -r "$src/." "$work"
 cd "$work"
 # shellcheck source=/dev/null
 source ./conf_flags
