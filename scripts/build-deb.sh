@@ -17,6 +17,17 @@ conf_name=mod-http-sessions.conf
 link_name=50-$conf_name
 so_name=ngx_http_sessions_module.so
 
+for tool in dpkg-deb dpkg-shlibdeps strip; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "build-deb: $tool is missing; as root: make deb-deps" >&2
+        exit 1
+    fi
+done
+if [ ! -f /usr/share/nginx/src/conf_flags ]; then
+    echo "build-deb: Debian's nginx-dev is not installed; as root: make deb-deps" >&2
+    exit 1
+fi
+
 # The ABI the installed nginx provides (the `nginx` package on Debian 12; older releases
 # had it on nginx-core/-full/-light/-extras): exactly one, for the version nginx-dev ships.
 abi=$(dpkg-query -W -f='${db:Status-Abbrev} ${Provides}\n' 2>/dev/null \
@@ -29,7 +40,7 @@ if [ "$(echo "$abi" | wc -l)" -ne 1 ]; then
     echo "build-deb: several nginx ABIs installed: $abi" >&2
     exit 1
 fi
-src_version=$(sed -n 's/^#define NGINX_VERSION *"\([^"]*\)".*/\1/p' /usr/share/nginx/src/src/core/nginx.h 2>/dev/null || true)
+src_version=$(sed -n 's/^#define NGINX_VERSION *"\([^"]*\)".*/\1/p' /usr/share/nginx/src/src/core/nginx.h)
 case "$abi" in
     "nginx-abi-$src_version-"*) ;;
     *) echo "build-deb: nginx provides $abi but nginx-dev ships nginx $src_version" >&2; exit 1 ;;
@@ -67,7 +78,7 @@ trap 'rm -rf "$shlib_dir"' EXIT
 mkdir -p "$shlib_dir/debian"
 printf 'Source: %s\n\nPackage: %s\nArchitecture: any\n' "$package" "$package" \
     >"$shlib_dir/debian/control"
-shlibs=$(cd "$shlib_dir" && dpkg-shlibdeps -O "$root/usr/lib/nginx/modules/$so_name" 2>/dev/null \
+shlibs=$(cd "$shlib_dir" && dpkg-shlibdeps -O "$root/usr/lib/nginx/modules/$so_name" \
     | sed -n 's/^shlibs:Depends=//p')
 
 installed_size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
