@@ -6,18 +6,23 @@
 #   make test    unit and integration tests
 #   make bench   wrk: bare NGINX vs the module, one table
 #   make debian  the module for Debian 12's packaged NGINX (needs nginx-dev)
+#   make deb     the Debian package libnginx-mod-http-sessions (build/deb/*.deb)
+#   make deb-deps  Debian's nginx, nginx-dev and dpkg-dev, no service started (as root)
 
 CARGO   ?= cargo
 BUILD   := $(CURDIR)/build
 PROFILE := release
 TARGET  := $(CURDIR)/target/$(PROFILE)
 
-.PHONY: all deps build run test bench clean lint debian
+.PHONY: all deps deb-deps build run test bench clean lint debian deb
 
 all: build
 
 deps:
 	@bash scripts/install-deps.sh
+
+deb-deps:
+	@bash scripts/install-deps.sh --debian-nginx
 
 # Builds only: installing packages is `make deps` (run and test depend on it).
 build:
@@ -48,6 +53,9 @@ bench: deps build
 
 debian:
 	bash scripts/build-debian.sh
+
+deb:
+	bash scripts/build-deb.sh
 
 clean:
 	$(CARGO) clean
