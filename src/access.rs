@@ -106,15 +106,19 @@ unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     let Some((eval, incoming)) = identity::with(res, mcf, |id| {
         let (incoming, client) = (incoming(req, &id), client(req));
+        let now = now_secs();
         let eval = match mcf.zone.lock() {
-            Some(mut locked) => session::evaluate(
-                &mut locked.table(),
-                incoming,
-                id.signer,
-                now_secs(),
-                &res.policy,
-                &client,
-            ),
+            Some(mut locked) => {
+                let mut table = locked.table();
+                let eval =
+                    session::evaluate(&mut table, incoming, id.signer, now, &res.policy, &client);
+                let evictions = table.eviction_report(now);
+                drop(locked);
+                if let Some(report) = evictions {
+                    log::evictions(log::request_log(req), mcf.zone.name(), &report, now);
+                }
+                eval
+            }
             None => Evaluation::store_error(match incoming {
                 Incoming::Verified(id) => Some(id),
                 _ => None,

@@ -25,7 +25,12 @@ use crate::cookie::{self, Signer};
 use crate::log;
 use crate::table::{self, Header, Slot, SlotTable};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"ngxsess2");
+/// Marks a root laid out by this version of the module. NGINX hands a zone over to the next
+/// configuration only when its name, size and tag (the address of this module's
+/// `ngx_module_t`, so the same loaded module) are unchanged, and a binary upgrade starts with
+/// fresh zones; a root of another layout is therefore never met in practice, and is refused
+/// rather than read if it ever is. Change it with the layout of `Root`, `Header` or `Slot`.
+const MAGIC: u64 = u64::from_le_bytes(*b"ngxsess3");
 
 /// What lives at the start of the zone, found again through `shpool->data`.
 #[repr(C)]
@@ -124,6 +129,16 @@ impl SharedZone {
         }
     }
 
+    /// The zone's name, for log lines (empty when the zone is not ready).
+    pub(crate) fn name(&self) -> &[u8] {
+        match self {
+            // SAFETY: a ready zone lives for the whole cycle, and so does its name (an
+            // argument of the configuration or a static, see `configure`).
+            SharedZone::Ready(zone, _) => unsafe { (*zone.as_ptr()).shm.name.as_bytes() },
+            _ => b"",
+        }
+    }
+
     /// Locks the zone's table, or `None` when the zone is not ready.
     pub(crate) fn lock(&self) -> Option<Locked> {
         let SharedZone::Ready(zone, _) = self else { return None };
@@ -149,6 +164,15 @@ unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
         if !existing.is_null() && (*existing).magic == MAGIC {
             // Reload with the same name and size: keep sessions, secret and name.
             existing
+        } else if !existing.is_null() {
+            // Another layout in a zone handed over by a reload: the running workers still
+            // use it, so it can be neither read nor wiped.
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "sessions: the zone holds a session table of another module version; restart NGINX or give the zone another name"
+            );
+            return Status::NGX_ERROR.into();
         } else {
             match new_root(pool) {
                 Some(root) => root,
