@@ -338,6 +338,40 @@ fn destroyed_successor_is_not_handed_out_by_old_id() {
     assert_ne!(r.one_cookie(SID).id(), id_of(&succ), "destroyed successor handed out again: {r}");
 }
 
+/// Issue 8, finding 5: an old ID within its renewal grace that comes back from another
+/// address is a mismatch, and destroys the whole session on every instance: its successor
+/// too.
+#[test]
+fn old_id_within_grace_from_another_ip_destroys_the_successor() {
+    let redis = Redis::start();
+    let rolling_1s =
+        "sessions_idling_timeout 60s;\n sessions_rolling_timeout 1s;\n sessions_absolute_timeout 120s;";
+    let a = site_on(&redis, rolling_1s);
+    let b = site_on(&redis, rolling_1s);
+    let v = new_session(a.port, Req::get("/index.html").from("127.0.0.2"));
+    sleep_secs(1.3);
+    let r = Req::get("/index.html").from("127.0.0.2").sid(&v).send(a.port);
+    assert_eq!(r.st(), "renewed", "rolling 1s passed: {r}");
+    let succ = r.sid();
+
+    let r = Req::get("/index.html").from("127.0.0.3").sid(&v).send(b.port);
+    assert_eq!(r.st(), "mismatch", "old ID within its grace from another IP: {r}");
+    let c = r.one_cookie(SID);
+    assert_ne!(c.id(), id_of(&succ), "the successor was handed to another IP: {r}");
+    assert_ne!(c.id(), id_of(&v), "{r}");
+
+    for port in [a.port, b.port] {
+        let r = Req::get("/index.html").from("127.0.0.2").sid(&succ).send(port);
+        assert_eq!(r.st(), "invalid", "the successor must die with the session: {r}");
+    }
+    let r = Req::get("/index.html").from("127.0.0.2").sid(&v).send(a.port);
+    assert_eq!(r.st(), "invalid", "{r}");
+    // what is left: the session handed to 127.0.0.3 and those of the last requests
+    assert_eq!(session_keys(&redis).len(), 4, "{:?}", session_keys(&redis));
+    a.check_logs();
+    b.check_logs();
+}
+
 #[test]
 fn concurrent_renewal_across_instances_makes_one_successor() {
     let redis = Redis::start();

@@ -4,8 +4,9 @@
 //! Round trips per request: a returning client is one `GET`; a new client one
 //! `SET NX EX`; a touch (at most once per `max(1s, idle/30)`) or a renewal adds one
 //! compare-and-set script; an expired / mismatched / dead session is one `GET` plus one
-//! script that deletes it and creates the new one; an old ID in its renewal grace is one
-//! `GET` plus one `EXISTS` (its successor must still be alive to be handed out).
+//! script that deletes it (with its successor, for an old ID within its renewal grace) and
+//! creates the new one; an old ID in its renewal grace is one `GET` plus one `EXISTS` (its
+//! successor must still be alive to be handed out).
 //!
 //! Renewal is single-flight across instances: the compare-and-set only succeeds against
 //! the exact record that was read, and the successor ID is derived from the old one, so
@@ -35,8 +36,10 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) \
 if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'NX', 'EX', ARGV[5]) end \
 return 1";
 
-/// Destroy one session and start another in one round trip.
-const SCRIPT_REPLACE: &str = "redis.call('DEL', KEYS[1]) \
+/// Destroy one session (`KEYS[1]`, and `KEYS[3]` when given: the successor of an old ID)
+/// and start another (`KEYS[2]`) in one round trip.
+const SCRIPT_REPLACE: &str = "for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end \
+redis.call('DEL', KEYS[1]) \
 return redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2])";
 
 /// The first instance's proposal wins; everyone reads the winner and keeps it alive.
@@ -78,8 +81,11 @@ pub enum Command {
         ttl: u64,
         successor: Option<(StoreKey, Record, u64)>,
     },
+    /// Deletes `old` (and `successor`, the successor of an old ID within its grace) and
+    /// creates `key`.
     Replace {
         old: StoreKey,
+        successor: Option<StoreKey>,
         key: StoreKey,
         record: Record,
         ttl: u64,
@@ -119,14 +125,15 @@ impl Command {
                     .arg(sttl)
                     .get_packed_command()
             }
-            Command::Replace { old, key, record, ttl } => redis::cmd("EVAL")
-                .arg(SCRIPT_REPLACE)
-                .arg(2)
-                .arg(key_name(old))
-                .arg(key_name(key))
-                .arg(&record.encode()[..])
-                .arg(*ttl)
-                .get_packed_command(),
+            Command::Replace { old, successor, key, record, ttl } => {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(SCRIPT_REPLACE).arg(2 + usize::from(successor.is_some()));
+                cmd.arg(key_name(old)).arg(key_name(key));
+                if let Some(successor) = successor {
+                    cmd.arg(key_name(successor));
+                }
+                cmd.arg(&record.encode()[..]).arg(*ttl).get_packed_command()
+            }
             Command::Identity { proposal } => redis::cmd("EVAL")
                 .arg(SCRIPT_IDENTITY)
                 .arg(1)
@@ -274,7 +281,8 @@ impl Flow {
         Step::Done(eval)
     }
 
-    fn create(&mut self, status: Status, old: Option<StoreKey>) -> Step {
+    /// Starts a new session; `old` is destroyed first (with its successor, if given).
+    fn create(&mut self, status: Status, old: Option<(StoreKey, Option<StoreKey>)>) -> Step {
         self.attempts += 1;
         if self.attempts > MAX_ATTEMPTS {
             return Step::Done(self.failed());
@@ -284,7 +292,9 @@ impl Flow {
         self.state = State::Creating { status, id };
         let ttl = ttl(&record, &self.policy, self.now);
         Step::Send(match old {
-            Some(old) => Command::Replace { old, key: id.store_key(), record, ttl },
+            Some((old, successor)) => {
+                Command::Replace { old, successor, key: id.store_key(), record, ttl }
+            }
             None => Command::Create { key: id.store_key(), record, ttl },
         })
     }
@@ -339,9 +349,13 @@ impl Flow {
                 self.state = State::CheckingSuccessor { id, next };
                 Step::Send(Command::Exists { key: next.store_key() })
             }
-            Verdict::Expired => self.create(Status::Expired, Some(id.store_key())),
-            Verdict::Mismatch => self.create(Status::Mismatch, Some(id.store_key())),
-            Verdict::Dead => self.create(Status::Invalid, Some(id.store_key())),
+            Verdict::Expired => self.create(Status::Expired, Some((id.store_key(), None))),
+            // An old ID within its grace speaks for the whole session: its successor goes too.
+            Verdict::Mismatch => {
+                let successor = (rec.renewed_at != 0).then(|| signer.successor(&id).store_key());
+                self.create(Status::Mismatch, Some((id.store_key(), successor)))
+            }
+            Verdict::Dead => self.create(Status::Invalid, Some((id.store_key(), None))),
         }
     }
 
@@ -356,7 +370,7 @@ impl Flow {
                 Reply::Bulk(b) => match Record::decode(&b) {
                     Some(rec) => self.apply(id, rec, signer),
                     // Not ours (foreign or corrupted value): never trusted, replaced.
-                    None => self.create(Status::Invalid, Some(id.store_key())),
+                    None => self.create(Status::Invalid, Some((id.store_key(), None))),
                 },
                 _ => Step::Done(self.failed()),
             },
@@ -376,7 +390,7 @@ impl Flow {
                 // Someone else changed the record since we read it: decide again on theirs.
                 Reply::Bulk(b) => match Record::decode(&b) {
                     Some(rec) => self.apply(id, rec, signer),
-                    None => self.create(Status::Invalid, Some(id.store_key())),
+                    None => self.create(Status::Invalid, Some((id.store_key(), None))),
                 },
                 Reply::Nil => self.create(Status::Invalid, None),
                 _ => Step::Done(self.failed()),
@@ -387,7 +401,7 @@ impl Flow {
                     id: Some(next),
                     set_cookie: true,
                 }),
-                Reply::Int(_) => self.create(Status::Invalid, Some(id.store_key())),
+                Reply::Int(_) => self.create(Status::Invalid, Some((id.store_key(), None))),
                 _ => Step::Done(self.failed()),
             },
             State::Creating { status, id } => match reply {
@@ -449,8 +463,11 @@ mod tests {
                     }
                     Reply::Int(1)
                 }
-                Command::Replace { old, key, record, ttl } => {
+                Command::Replace { old, successor, key, record, ttl } => {
                     self.data.remove(&key_name(old));
+                    if let Some(successor) = successor {
+                        self.data.remove(&key_name(successor));
+                    }
                     self.set_nx(key, record, *ttl)
                 }
                 Command::Identity { proposal } => {
@@ -590,6 +607,37 @@ mod tests {
         let e = r.run(Incoming::Verified(id), 1062, &ALICE);
         assert_eq!(e.status, Status::Invalid);
         assert_ne!(e.id, Some(next));
+    }
+
+    #[test]
+    fn mismatch_of_an_old_id_within_its_grace_destroys_the_successor_too() {
+        let mut r = FakeRedis::default();
+        let id = r.run(Incoming::Absent, 1000, &ALICE).id.unwrap();
+        r.run(Incoming::Verified(id), 1029, &ALICE);
+        r.run(Incoming::Verified(id), 1058, &ALICE);
+        let next = r.run(Incoming::Verified(id), 1060, &ALICE).id.unwrap();
+        let eve = Client { ip: 9, user_agent: 2 };
+        let commands = r.commands;
+        let e = r.run(Incoming::Verified(id), 1062, &eve);
+        assert_eq!(e.status, Status::Mismatch);
+        assert_eq!(r.commands, commands + 2, "GET, then one script");
+        assert_eq!(r.data.len(), 1, "only the session handed to eve is left");
+        assert_eq!(r.run(Incoming::Verified(next), 1063, &ALICE).status, Status::Invalid);
+        assert_eq!(r.run(Incoming::Verified(id), 1064, &ALICE).status, Status::Invalid);
+    }
+
+    #[test]
+    fn replace_names_the_successor_as_a_key() {
+        let (old, succ, new) = (StoreKey([1; 16]), StoreKey([2; 16]), StoreKey([3; 16]));
+        let record = Record::default();
+        let with =
+            Command::Replace { old, successor: Some(succ), key: new, record, ttl: 5 }.encode();
+        let without = Command::Replace { old, successor: None, key: new, record, ttl: 5 }.encode();
+        let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();
+        assert!(text(&with).starts_with("*8\r\n"), "{}", text(&with));
+        assert!(text(&with).contains("$1\r\n3\r\n"), "3 keys: {}", text(&with));
+        assert!(text(&with).contains(&text(&key_name(&succ))));
+        assert!(text(&without).starts_with("*7\r\n") && text(&without).contains("$1\r\n2\r\n"));
     }
 
     #[test]

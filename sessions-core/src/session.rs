@@ -326,6 +326,11 @@ pub fn evaluate<T: Table>(
                     }
                     Verdict::Mismatch => {
                         table.remove(&key);
+                        // An old ID within its grace speaks for the whole session: its
+                        // successor goes too.
+                        if rec.renewed_at != 0 {
+                            table.remove(&signer.successor(&id).store_key());
+                        }
                         Status::Mismatch
                     }
                     Verdict::Dead => {
@@ -495,6 +500,24 @@ mod tests {
         assert_eq!(e.status, Status::Invalid);
         assert_ne!(e.id, Some(next));
         assert_eq!(again(&mut t, id, 1063, &ALICE).status, Status::Invalid);
+    }
+
+    #[test]
+    fn mismatch_of_an_old_id_within_its_grace_destroys_the_successor_too() {
+        for eve in [Client { ip: 9, user_agent: 2 }, Client { ip: 1, user_agent: 9 }] {
+            let mut t = MapTable::default();
+            let id = begin(&mut t, 1000);
+            again(&mut t, id, 1029, &ALICE);
+            again(&mut t, id, 1058, &ALICE);
+            let next = again(&mut t, id, 1060, &ALICE).id.unwrap();
+            let e = again(&mut t, id, 1062, &eve);
+            assert_eq!(e.status, Status::Mismatch);
+            assert!(e.set_cookie);
+            assert_ne!(e.id, Some(next));
+            assert_eq!(t.map.len(), 1, "only the session handed to eve is left");
+            assert_eq!(again(&mut t, next, 1063, &ALICE).status, Status::Invalid);
+            assert_eq!(again(&mut t, id, 1064, &ALICE).status, Status::Invalid);
+        }
     }
 
     #[test]
