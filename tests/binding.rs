@@ -169,3 +169,19 @@ fn old_id_within_grace_from_another_ip_destroys_the_successor() {
     assert_eq!(r.st(), "invalid", "{r}");
     ng.check_logs();
 }
+
+/// The binding hashes are keyed by a random key kept in the zone: like the random secret,
+/// it survives a reload, so sessions stay `valid` (and still bound) across one.
+#[test]
+fn sessions_keep_their_binding_across_a_reload() {
+    let ng = Nginx::site("");
+    let v = new_session(ng.port, Req::get("/index.html").from("127.0.0.2").ua("agent-A"));
+    assert_valid(ng.port, Req::get("/index.html").from("127.0.0.2").ua("agent-A"), &v);
+    ng.reload();
+    for _ in 0..4 {
+        assert_valid(ng.port, Req::get("/index.html").from("127.0.0.2").ua("agent-A"), &v);
+    }
+    let r = Req::get("/index.html").from("127.0.0.2").ua("agent-B").sid(&v).send(ng.port);
+    assert_eq!(r.st(), "mismatch", "{r}");
+    ng.check_logs();
+}

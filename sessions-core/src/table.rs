@@ -13,7 +13,7 @@
 //!   that keeps the table open to newcomers).
 
 use crate::cookie::StoreKey;
-use crate::session::{Record, StoreError, Table};
+use crate::session::{BindingHashes, Record, StoreError, Table};
 
 /// "No slot".
 pub const NIL: u32 = u32::MAX;
@@ -47,7 +47,10 @@ pub struct Slot {
     prev: u32,
     next: u32,
     segment: u8,
-    _pad: [u8; 7],
+    /// The record's version ([`BindingHashes::version`]); 0, in slots written before it
+    /// existed, reads as the legacy hashes.
+    version: u8,
+    _pad: [u8; 6],
 }
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
@@ -389,6 +392,7 @@ impl<'a> SlotTable<'a> {
         s.renewed_at = secs32(rec.renewed_at);
         s.ip = rec.ip;
         s.user_agent = rec.user_agent;
+        s.version = rec.hashes.version();
         s.expires = secs32(expires);
     }
 
@@ -401,6 +405,7 @@ impl<'a> SlotTable<'a> {
             renewed_at: s.renewed_at.into(),
             ip: s.ip,
             user_agent: s.user_agent,
+            hashes: BindingHashes::from_version(s.version).unwrap_or(BindingHashes::Legacy),
         })
     }
 
@@ -578,7 +583,7 @@ mod tests {
     }
 
     fn rec(t: u64) -> Record {
-        Record { created: t, issued: t, last_seen: t, renewed_at: 0, ip: 1, user_agent: 2 }
+        Record { created: t, issued: t, last_seen: t, ip: 1, user_agent: 2, ..Record::default() }
     }
 
     fn key(n: u32) -> StoreKey {
@@ -846,7 +851,7 @@ mod tests {
         let signer = Signer::new(b"0123456789abcdef0123456789abcdef");
         let policy =
             Policy { idle: 30, rolling: 60, absolute: 300, check_ip: true, check_user_agent: true };
-        let alice = Client { ip: 1, user_agent: 2 };
+        let alice = Client::hashed(1, 2);
         let e = evaluate(&mut t, Incoming::Absent, &signer, 1000, &policy, &alice);
         let id = e.id.unwrap();
         assert_eq!(
@@ -860,6 +865,21 @@ mod tests {
         let e = evaluate(&mut t, Incoming::Verified(id), &signer, 1061, &policy, &alice);
         assert_eq!(e.status, Status::Renewed);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn slots_keep_the_record_version() {
+        let mut o = Owned::new(8 * 1024);
+        let mut t = o.table();
+        let legacy = Record { hashes: BindingHashes::Legacy, ..rec(5) };
+        t.insert(&key(1), &legacy, 10_000, false, 0).unwrap();
+        t.insert(&key(2), &rec(5), 10_000, false, 0).unwrap();
+        assert_eq!(t.get(&key(1), 0), Some(legacy));
+        assert_eq!(t.get(&key(2), 0).unwrap().hashes, BindingHashes::Keyed);
+        // A slot written before versions existed (pad byte 0) holds legacy hashes.
+        let i = t.find(&key(2)).unwrap();
+        t.slots[i as usize].version = 0;
+        assert_eq!(t.get(&key(2), 0).unwrap().hashes, BindingHashes::Legacy);
     }
 
     #[test]
