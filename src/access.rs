@@ -22,7 +22,7 @@ use crate::ctx::{self, RequestCtx};
 use crate::identity::{self, Identity};
 use crate::log::{self, debug_http};
 use crate::redis::{self, Failure, Upstream};
-use crate::redis_flow::{self, Flow, Reply, Step};
+use crate::redis_flow::{Flow, Reply, Step};
 use crate::session::{self, Client, Evaluation};
 use crate::Module;
 
@@ -57,11 +57,11 @@ fn incoming(r: &ngx_http_request_t, id: &Identity) -> Incoming {
 }
 
 /// What the session is bound to: `$remote_addr` (after realip) and the User-Agent.
-fn client(r: &ngx_http_request_t) -> Client {
+fn client<'r>(r: &'r ngx_http_request_t, id: &Identity) -> Client<'r> {
     // SAFETY: a live request has a live connection; `user_agent` is null or a header of it.
     let (addr, ua) =
         unsafe { ((*r.connection).addr_text.as_bytes(), r.headers_in.user_agent.as_ref()) };
-    Client::new(addr, ua.map(|h| h.value.as_bytes()).unwrap_or(b""))
+    Client::new(id.binding_key, addr, ua.map(|h| h.value.as_bytes()).unwrap_or(b""))
 }
 
 /// What the cookies said, for debug lines (never the ID itself).
@@ -105,16 +105,20 @@ unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         return unsafe { start_redis(r, res, mcf, upstream) };
     }
     let Some((eval, incoming)) = identity::with(res, mcf, |id| {
-        let (incoming, client) = (incoming(req, &id), client(req));
+        let (incoming, client) = (incoming(req, &id), client(req, &id));
+        let now = now_secs();
         let eval = match mcf.zone.lock() {
-            Some(mut locked) => session::evaluate(
-                &mut locked.table(),
-                incoming,
-                id.signer,
-                now_secs(),
-                &res.policy,
-                &client,
-            ),
+            Some(mut locked) => {
+                let mut table = locked.table();
+                let eval =
+                    session::evaluate(&mut table, incoming, id.signer, now, &res.policy, &client);
+                let evictions = table.eviction_report(now);
+                drop(locked);
+                if let Some(report) = evictions {
+                    log::evictions(log::request_log(req), mcf.zone.name(), &report, now);
+                }
+                eval
+            }
             None => Evaluation::store_error(match incoming {
                 Incoming::Verified(id) => Some(id),
                 _ => None,
@@ -166,16 +170,13 @@ unsafe fn start_redis(
     // SAFETY: `r` is live (the caller's contract).
     let req = unsafe { &*r };
     let sent = if identity::needs_fetch(res, now_secs()) {
-        match mcf.zone.random() {
-            Some(local) => {
-                debug_http!(req, "sessions redis: fetching the shared identity");
-                let mut proposal = [0u8; redis_flow::IDENTITY_LEN];
-                proposal[..32].copy_from_slice(&local.secret);
-                proposal[32..].copy_from_slice(&local.name);
-                let cmd = redis_flow::Command::Identity { proposal }.encode();
+        match identity::fetch_command(res, mcf) {
+            Some(cmd) => {
+                debug_http!(req, "sessions redis: fetching the binding key and identity");
                 // SAFETY: the context lives until the request's pool goes, and its cleanup
                 // cancels the command first; `upstream` lives in the configuration.
-                unsafe { redis::execute(upstream, cmd, ptr::addr_of_mut!((*ctx).waiter)) }.is_ok()
+                unsafe { redis::execute(upstream, cmd.encode(), ptr::addr_of_mut!((*ctx).waiter)) }
+                    .is_ok()
             }
             None => false,
         }
@@ -227,11 +228,12 @@ unsafe fn session_step(ctx: *mut RequestCtx, reply: Option<Result<Reply, Failure
             (None, _) => {
                 let incoming = incoming(req, &id);
                 *incoming_slot = incoming;
-                let (started, step) = Flow::start(incoming, now_secs(), &res.policy, &client(req));
+                let (started, step) =
+                    Flow::start(incoming, now_secs(), &res.policy, &client(req, &id));
                 *flow = Some(started);
                 step
             }
-            (Some(flow), Some(Ok(reply))) => flow.on_reply(reply, id.signer),
+            (Some(flow), Some(Ok(reply))) => flow.on_reply(reply, id.signer, &client(req, &id)),
             (Some(flow), _) => Step::Done(flow.failed()),
         }
     });

@@ -7,11 +7,13 @@ use core::cell::Cell;
 
 use ngx::ffi::{
     ngx_http_request_t, ngx_log_t, ngx_time, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE,
+    NGX_LOG_WARN,
 };
 use ngx::ngx_log_error;
 
 use crate::cookie::Incoming;
 use crate::session::{Evaluation, Status};
+use crate::table::EvictionReport;
 
 /// `ngx_log_debug_http!` for a raw request: one `[debug]` line on the request's connection
 /// log, compiled out unless NGINX was configured `--with-debug`.
@@ -102,4 +104,18 @@ pub(crate) fn store_full(log: *mut ngx_log_t) {
             "sessions: the session store has no room even after eviction (zone too small?); requests go on without sessions"
         );
     }
+}
+
+/// Eviction pressure on a shared-memory zone: live sessions pushed out for want of room.
+/// The table hands out a report at most once per minute for the whole zone.
+pub(crate) fn evictions(log: *mut ngx_log_t, zone: &[u8], report: &EvictionReport, now: u64) {
+    ngx_log_error!(
+        NGX_LOG_WARN,
+        log,
+        "sessions: zone \"{}\" evicted {} sessions in the last {}s; the most recently used of them had been idle {}s (zone too small for the traffic?)",
+        String::from_utf8_lossy(zone),
+        report.evictions,
+        now.saturating_sub(report.since),
+        report.min_idle_age
+    );
 }

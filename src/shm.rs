@@ -3,7 +3,7 @@
 //! across `nginx -s reload` when name and size are unchanged.
 //!
 //! At the zone's first initialisation the slab pool gives us a small root (magic, the
-//! random secret and cookie name, the table header) and one block of whole pages for the
+//! random secret and cookie name, the binding key, the table header) and one block of whole pages for the
 //! table itself: a bucket array and fixed 64-byte slots (`sessions_core::table`).
 //!
 //! [`SharedZone`] is the zone as the configuration sees it: unset, configured (declared
@@ -23,9 +23,15 @@ use ngx::ngx_log_error;
 
 use crate::cookie::{self, Signer};
 use crate::log;
+use crate::session::BindingKey;
 use crate::table::{self, Header, Slot, SlotTable};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"ngxsess2");
+/// Marks a root laid out by this version of the module. NGINX hands a zone over to the next
+/// configuration only when its name, size and tag (the address of this module's
+/// `ngx_module_t`, so the same loaded module) are unchanged, and a binary upgrade starts with
+/// fresh zones; a root of another layout is therefore never met in practice, and is refused
+/// rather than read if it ever is. Change it with the layout of `Root`, `Header` or `Slot`.
+const MAGIC: u64 = u64::from_le_bytes(*b"ngxsess3");
 
 /// What lives at the start of the zone, found again through `shpool->data`.
 #[repr(C)]
@@ -33,6 +39,9 @@ struct Root {
     magic: u64,
     secret: [u8; 32],
     name: [u8; 16],
+    /// The key of the binding hashes (random, like the secret, but never replaced by a
+    /// configured one: records must not depend on the secret in force).
+    binding_key: [u8; 16],
     header: Header,
     buckets: *mut u32,
     nbuckets: usize,
@@ -63,8 +72,8 @@ pub(crate) enum SharedZone {
     Unset,
     /// Declared to NGINX; not mapped yet (configuration time).
     Configured,
-    /// Mapped and laid out: the zone, and the random identity kept in it.
-    Ready(NonNull<ngx_shm_zone_t>, Box<RandomIdentity>),
+    /// Mapped and laid out: the zone, and the random identity and binding key kept in it.
+    Ready(NonNull<ngx_shm_zone_t>, Box<RandomIdentity>, BindingKey),
 }
 
 impl SharedZone {
@@ -119,14 +128,32 @@ impl SharedZone {
     /// The random secret and name kept in the zone, once it is ready.
     pub(crate) fn random(&self) -> Option<&RandomIdentity> {
         match self {
-            SharedZone::Ready(_, identity) => Some(identity),
+            SharedZone::Ready(_, identity, _) => Some(identity),
             _ => None,
+        }
+    }
+
+    /// The binding key kept in the zone, once it is ready.
+    pub(crate) fn binding_key(&self) -> Option<&BindingKey> {
+        match self {
+            SharedZone::Ready(_, _, key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The zone's name, for log lines (empty when the zone is not ready).
+    pub(crate) fn name(&self) -> &[u8] {
+        match self {
+            // SAFETY: a ready zone lives for the whole cycle, and so does its name (an
+            // argument of the configuration or a static, see `configure`).
+            SharedZone::Ready(zone, _, _) => unsafe { (*zone.as_ptr()).shm.name.as_bytes() },
+            _ => b"",
         }
     }
 
     /// Locks the zone's table, or `None` when the zone is not ready.
     pub(crate) fn lock(&self) -> Option<Locked> {
-        let SharedZone::Ready(zone, _) = self else { return None };
+        let SharedZone::Ready(zone, _, _) = self else { return None };
         // SAFETY: a ready zone is mapped for the whole cycle (workers inherit the mapping).
         unsafe { Locked::lock(zone.as_ptr()) }
     }
@@ -149,6 +176,15 @@ unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
         if !existing.is_null() && (*existing).magic == MAGIC {
             // Reload with the same name and size: keep sessions, secret and name.
             existing
+        } else if !existing.is_null() {
+            // Another layout in a zone handed over by a reload: the running workers still
+            // use it, so it can be neither read nor wiped.
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "sessions: the zone holds a session table of another module version; restart NGINX or give the zone another name"
+            );
+            return Status::NGX_ERROR.into();
         } else {
             match new_root(pool) {
                 Some(root) => root,
@@ -164,13 +200,13 @@ unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
         }
     };
     // SAFETY: as above; eviction is the expected way out of a full table, not an error.
-    let (secret, name) = unsafe {
+    let (secret, name, binding_key) = unsafe {
         (*pool).set_log_nomem(0);
-        ((*root).secret, (*root).name)
+        ((*root).secret, (*root).name, BindingKey((*root).binding_key))
     };
     // SAFETY: `zone` is non-null (NGINX passes the zone it initialises).
     let zone = unsafe { NonNull::new_unchecked(zone) };
-    *state = SharedZone::Ready(zone, Box::new(RandomIdentity::new(secret, name)));
+    *state = SharedZone::Ready(zone, Box::new(RandomIdentity::new(secret, name)), binding_key);
     log::fingerprint(log, &cookie::fingerprint(&secret), "random");
     Status::NGX_OK.into()
 }
@@ -211,6 +247,7 @@ unsafe fn new_root(pool: *mut ngx_slab_pool_t) -> Option<*mut Root> {
             magic: MAGIC,
             secret,
             name: cookie::random_name(),
+            binding_key: BindingKey::random().0,
             header: Header::default(),
             buckets,
             nbuckets,

@@ -143,3 +143,45 @@ fn realip_untrusted_source_is_not_believed() {
         .send(ng.port);
     assert_eq!(r.st(), "mismatch", "{r}");
 }
+
+/// Issue 8, finding 5: an old ID within its renewal grace that comes back from another
+/// address is a mismatch, and destroys the whole session: its successor too.
+#[test]
+fn old_id_within_grace_from_another_ip_destroys_the_successor() {
+    let ng = Nginx::site(
+        "sessions_idling_timeout 60s;\n sessions_rolling_timeout 1s;\n sessions_absolute_timeout 120s;",
+    );
+    let v = new_session(ng.port, Req::get("/index.html").from("127.0.0.2"));
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let r = Req::get("/index.html").from("127.0.0.2").sid(&v).send(ng.port);
+    assert_eq!(r.st(), "renewed", "rolling 1s passed: {r}");
+    let succ = r.sid();
+
+    let r = Req::get("/index.html").from("127.0.0.3").sid(&v).send(ng.port);
+    assert_eq!(r.st(), "mismatch", "old ID within its grace from another IP: {r}");
+    let c = r.one_cookie(SID);
+    assert_ne!(c.id(), id_of(&succ), "the successor was handed to another IP: {r}");
+    assert_ne!(c.id(), id_of(&v), "{r}");
+
+    let r = Req::get("/index.html").from("127.0.0.2").sid(&succ).send(ng.port);
+    assert_eq!(r.st(), "invalid", "the successor must die with the session: {r}");
+    let r = Req::get("/index.html").from("127.0.0.2").sid(&v).send(ng.port);
+    assert_eq!(r.st(), "invalid", "{r}");
+    ng.check_logs();
+}
+
+/// The binding hashes are keyed by a random key kept in the zone: like the random secret,
+/// it survives a reload, so sessions stay `valid` (and still bound) across one.
+#[test]
+fn sessions_keep_their_binding_across_a_reload() {
+    let ng = Nginx::site("");
+    let v = new_session(ng.port, Req::get("/index.html").from("127.0.0.2").ua("agent-A"));
+    assert_valid(ng.port, Req::get("/index.html").from("127.0.0.2").ua("agent-A"), &v);
+    ng.reload();
+    for _ in 0..4 {
+        assert_valid(ng.port, Req::get("/index.html").from("127.0.0.2").ua("agent-A"), &v);
+    }
+    let r = Req::get("/index.html").from("127.0.0.2").ua("agent-B").sid(&v).send(ng.port);
+    assert_eq!(r.st(), "mismatch", "{r}");
+    ng.check_logs();
+}

@@ -187,3 +187,34 @@ fn worker_killed_under_load_recovers() {
         assert_valid(ng.port, Req::get("/index.html"), &v);
     }
 }
+
+/// Issue 8, finding 1: clients that return each cookie once used to fill the whole table
+/// with "in use" records, after which every newcomer was evicted by the next one. In-use
+/// records now hold at most 80 % of the zone, so a newcomer outlives a fifth of its
+/// capacity of newer arrivals; the evictions are reported in one `[warn]` line.
+#[test]
+fn clients_returning_each_cookie_once_do_not_lock_newcomers_out() {
+    let ng = Nginx::site("sessions_zone small:32k;");
+    let mut conn = Conn::from(ng.port, "127.0.0.9");
+    for _ in 0..450 {
+        let r = conn.send(&Req::get("/index.html"));
+        assert_eq!(r.st(), "new", "{r}");
+        let r = conn.send(&Req::get("/index.html").sid(&r.sid()));
+        assert_eq!(r.st(), "valid", "{r}");
+    }
+    let a = new_session(ng.port, Req::get("/index.html"));
+    for _ in 0..5 {
+        new_session(ng.port, Req::get("/index.html"));
+    }
+    assert_valid(ng.port, Req::get("/index.html"), &a);
+
+    let log = ng.error_log();
+    let reports: Vec<&str> =
+        log.lines().filter(|l| l.contains("sessions: zone \"small\" evicted")).collect();
+    assert_eq!(reports.len(), 1, "one eviction report in the first minute:\n{log}");
+    let line = reports[0];
+    assert!(line.contains("[warn]"), "{line}");
+    assert!(line.contains(" sessions in the last ") && line.contains(" had been idle "), "{line}");
+    assert!(line.contains("idle") && line.contains("(zone too small for the traffic?)"), "{line}");
+    ng.check_logs();
+}

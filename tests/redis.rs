@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 const KEY_PREFIX: &str = "ngx_sessions:";
 const IDENTITY_KEY: &str = "ngx_sessions:identity";
+const BINDING_KEY: &str = "ngx_sessions:binding_key";
 const UNAVAILABLE: &str = "is unavailable";
 const AVAILABLE_AGAIN: &str = "is available again";
 
@@ -38,9 +39,29 @@ fn all_keys(redis: &Redis) -> Vec<String> {
     v
 }
 
-/// Session keys: every key but the identity.
+/// Session keys: every key but the identity and the binding key.
 fn session_keys(redis: &Redis) -> Vec<String> {
-    all_keys(redis).into_iter().filter(|k| k != IDENTITY_KEY).collect()
+    all_keys(redis).into_iter().filter(|k| k != IDENTITY_KEY && k != BINDING_KEY).collect()
+}
+
+/// Has every worker of `ng` make its first request, which also fetches the binding key,
+/// so that command counts afterwards see only the sessions' own commands; the sessions
+/// these requests started are deleted.
+fn warm_up(redis: &Redis, ng: &Nginx) {
+    let before = session_keys(redis);
+    let mut pids = HashSet::new();
+    for _ in 0..200 {
+        if pids.len() == ng.workers {
+            break;
+        }
+        let r = Req::get("/index.html").send(ng.port);
+        assert_eq!(r.st(), "new", "{r}");
+        pids.insert(r.pid().to_string());
+    }
+    assert_eq!(pids.len(), ng.workers, "not every worker answered: {pids:?}");
+    for k in session_keys(redis).into_iter().filter(|k| !before.contains(k)) {
+        redis.cmd(&["DEL", &k]);
+    }
 }
 
 /// `ngx_sessions:<32 lowercase hex>`.
@@ -147,6 +168,7 @@ fn sessions_live_in_redis_under_hashed_keys_with_ttl() {
         "sessions_idling_timeout 300s;\n sessions_rolling_timeout 600s;\n sessions_absolute_timeout 3600s;",
     );
     assert!(all_keys(&redis).is_empty());
+    warm_up(&redis, &ng);
 
     // a new client: exactly one SET (NX EX), nothing read
     reset_stats(&redis);
@@ -170,11 +192,12 @@ fn sessions_live_in_redis_under_hashed_keys_with_ttl() {
         assert_valid(ng.port, Req::get("/index.html"), &v);
     }
 
-    let keys = all_keys(&redis);
-    assert_eq!(
-        keys.len(),
-        1,
-        "one session, one key (no identity key with a configured secret and name): {keys:?}"
+    let keys = session_keys(&redis);
+    assert_eq!(keys.len(), 1, "one session, one key: {keys:?}");
+    let all = all_keys(&redis);
+    assert!(
+        all.len() == 2 && all.contains(&BINDING_KEY.to_string()),
+        "one session key and the binding key (no identity key with a configured secret and name): {all:?}"
     );
     let key = &keys[0];
     assert_session_key(key);
@@ -229,6 +252,7 @@ fn ttl_is_capped_by_absolute_timeout() {
         &redis,
         "sessions_idling_timeout 10s;\n sessions_rolling_timeout 12s;\n sessions_absolute_timeout 12s;",
     );
+    warm_up(&redis, &ng);
     let v = new_session(ng.port, Req::get("/index.html"));
     let keys = session_keys(&redis);
     assert_eq!(keys.len(), 1, "{keys:?}");
@@ -259,6 +283,8 @@ fn two_instances_share_sessions_renewals_and_destruction() {
     let redis = Redis::start();
     let a = site_on(&redis, ROLLING_2S);
     let b = site_on(&redis, ROLLING_2S);
+    warm_up(&redis, &a);
+    warm_up(&redis, &b);
 
     let v = new_session(a.port, Req::get("/index.html"));
     for _ in 0..3 {
@@ -338,6 +364,40 @@ fn destroyed_successor_is_not_handed_out_by_old_id() {
     assert_ne!(r.one_cookie(SID).id(), id_of(&succ), "destroyed successor handed out again: {r}");
 }
 
+/// Issue 8, finding 5: an old ID within its renewal grace that comes back from another
+/// address is a mismatch, and destroys the whole session on every instance: its successor
+/// too.
+#[test]
+fn old_id_within_grace_from_another_ip_destroys_the_successor() {
+    let redis = Redis::start();
+    let rolling_1s =
+        "sessions_idling_timeout 60s;\n sessions_rolling_timeout 1s;\n sessions_absolute_timeout 120s;";
+    let a = site_on(&redis, rolling_1s);
+    let b = site_on(&redis, rolling_1s);
+    let v = new_session(a.port, Req::get("/index.html").from("127.0.0.2"));
+    sleep_secs(1.3);
+    let r = Req::get("/index.html").from("127.0.0.2").sid(&v).send(a.port);
+    assert_eq!(r.st(), "renewed", "rolling 1s passed: {r}");
+    let succ = r.sid();
+
+    let r = Req::get("/index.html").from("127.0.0.3").sid(&v).send(b.port);
+    assert_eq!(r.st(), "mismatch", "old ID within its grace from another IP: {r}");
+    let c = r.one_cookie(SID);
+    assert_ne!(c.id(), id_of(&succ), "the successor was handed to another IP: {r}");
+    assert_ne!(c.id(), id_of(&v), "{r}");
+
+    for port in [a.port, b.port] {
+        let r = Req::get("/index.html").from("127.0.0.2").sid(&succ).send(port);
+        assert_eq!(r.st(), "invalid", "the successor must die with the session: {r}");
+    }
+    let r = Req::get("/index.html").from("127.0.0.2").sid(&v).send(a.port);
+    assert_eq!(r.st(), "invalid", "{r}");
+    // what is left: the session handed to 127.0.0.3 and those of the last requests
+    assert_eq!(session_keys(&redis).len(), 4, "{:?}", session_keys(&redis));
+    a.check_logs();
+    b.check_logs();
+}
+
 #[test]
 fn concurrent_renewal_across_instances_makes_one_successor() {
     let redis = Redis::start();
@@ -379,6 +439,43 @@ fn concurrent_renewal_across_instances_makes_one_successor() {
     assert_valid(b.port, Req::get("/index.html"), &s);
     // exactly the old record and its successor
     assert_eq!(session_keys(&redis).len(), 2, "{:?}", session_keys(&redis));
+}
+
+/// The binding hashes are keyed by a random key kept in Redis (`SET NX`, TTL ~400 days),
+/// adopted by every worker of every instance before it evaluates a request: sessions stay `valid`
+/// across instances and across a reload, and the records say they are keyed (version 2).
+#[test]
+fn binding_key_is_shared_through_redis_and_kept_across_reloads() {
+    let redis = Redis::start();
+    let a = site_on(&redis, "");
+    let b = site_on(&redis, "");
+    assert!(all_keys(&redis).is_empty(), "nothing is written before the first request");
+    let v = new_session(a.port, Req::get("/index.html").from("127.0.0.2"));
+    let key = redis.cmd(&["GET", BINDING_KEY]).bytes();
+    assert_eq!(key.len(), 16, "binding key: 16 bytes");
+    assert_ne!(key, vec![0; 16]);
+    let ttl = redis.cmd(&["TTL", BINDING_KEY]).int();
+    assert!(ttl > 399 * 86400 && ttl <= 400 * 86400, "binding key TTL {ttl}");
+    let record = redis.cmd(&["GET", &session_keys(&redis)[0]]).bytes();
+    assert_eq!(record[0], 2, "a record with keyed hashes is version 2");
+    for _ in 0..4 {
+        for port in [a.port, b.port] {
+            let r = Req::get("/index.html").from("127.0.0.2").sid(&v).send(port);
+            assert!(["valid", "renewed"].contains(&r.st()), "on {port}: {r}");
+        }
+    }
+    a.reload();
+    b.reload();
+    for port in [a.port, b.port, a.port, b.port] {
+        let r = Req::get("/index.html").from("127.0.0.2").sid(&v).send(port);
+        assert!(["valid", "renewed"].contains(&r.st()), "after a reload, on {port}: {r}");
+    }
+    assert_eq!(redis.cmd(&["GET", BINDING_KEY]).bytes(), key, "one key for all, kept");
+    // the binding still binds
+    let r = Req::get("/index.html").from("127.0.0.3").sid(&v).send(b.port);
+    assert_eq!(r.st(), "mismatch", "{r}");
+    a.check_logs();
+    b.check_logs();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -734,8 +831,9 @@ fn auth_and_database_from_url() {
     assert_eq!(r[0], Resp::Simple("OK".into()));
     assert_eq!(r[1], Resp::Simple("OK".into()));
     let db3: Vec<String> = r[2].items().iter().map(Resp::text).collect();
-    assert_eq!(db3.len(), 1, "the session must be in db 3: {db3:?}");
-    assert_session_key(&db3[0]);
+    assert_eq!(db3.len(), 2, "the session and the binding key must be in db 3: {db3:?}");
+    assert!(db3.contains(&BINDING_KEY.to_string()), "{db3:?}");
+    db3.iter().filter(|k| *k != BINDING_KEY).for_each(|k| assert_session_key(k));
     assert!(r[4].items().is_empty(), "nothing in db 0: {:?}", r[4]);
     // unauthenticated clients get nothing
     assert!(redis.cmd(&["KEYS", "*"]).is_error());

@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sessions_core::cookie::{CookieCollector, Incoming, SessionId, Signer};
-use sessions_core::session::{self, Client, Policy, Record, Verdict};
+use sessions_core::session::{self, BindingKey, Client, Policy, Record, Verdict};
 
 const SECRET: &[u8] = b"bench secret: 32+ bytes, not random, never in production";
 const NAME: &[u8] = b"sid";
@@ -53,7 +53,8 @@ fn benches(c: &mut Criterion) {
     let id = SessionId::random();
     let value = signer.seal(NAME, &id);
     let header = cookie_header(&value);
-    let client = Client::new(ADDR, UA);
+    let key = BindingKey([0x5a; 16]);
+    let client = Client::new(&key, ADDR, UA);
     let rec = live_record(&client);
 
     // Sanity: each benchmark measures the path it claims, not an early exit.
@@ -63,7 +64,9 @@ fn benches(c: &mut Criterion) {
     c.bench_function("cookie_collector", |b| {
         b.iter(|| collect(black_box(&signer), black_box(&header)))
     });
-    c.bench_function("client_new", |b| b.iter(|| Client::new(black_box(ADDR), black_box(UA))));
+    c.bench_function("client_new", |b| {
+        b.iter(|| Client::new(black_box(&key), black_box(ADDR), black_box(UA)))
+    });
     c.bench_function("decide", |b| {
         b.iter(|| {
             session::decide(black_box(&rec), black_box(NOW), black_box(&POLICY), black_box(&client))
@@ -75,7 +78,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("hot_path", |b| {
         b.iter(|| {
             let incoming = collect(black_box(&signer), black_box(&header));
-            let client = Client::new(black_box(ADDR), black_box(UA));
+            let client = Client::new(black_box(&key), black_box(ADDR), black_box(UA));
             match incoming {
                 Incoming::Verified(_) => session::decide(black_box(&rec), NOW, &POLICY, &client),
                 _ => Verdict::Dead,

@@ -4,8 +4,9 @@
 //! Round trips per request: a returning client is one `GET`; a new client one
 //! `SET NX EX`; a touch (at most once per `max(1s, idle/30)`) or a renewal adds one
 //! compare-and-set script; an expired / mismatched / dead session is one `GET` plus one
-//! script that deletes it and creates the new one; an old ID in its renewal grace is one
-//! `GET` plus one `EXISTS` (its successor must still be alive to be handed out).
+//! script that deletes it (with its successor, for an old ID within its renewal grace) and
+//! creates the new one; an old ID in its renewal grace is one `GET` plus one `EXISTS` (its
+//! successor must still be alive to be handed out).
 //!
 //! Renewal is single-flight across instances: the compare-and-set only succeeds against
 //! the exact record that was read, and the successor ID is derived from the old one, so
@@ -14,7 +15,7 @@
 use redis::Value;
 
 use crate::cookie::{Incoming, SessionId, Signer, StoreKey};
-use crate::session::{decide, Client, Evaluation, Policy, Record, Status, Verdict};
+use crate::session::{decide, BindingKey, Client, Evaluation, Policy, Record, Status, Verdict};
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "ngx_sessions";
@@ -22,8 +23,11 @@ pub const KEY_PREFIX: &str = "ngx_sessions";
 pub const IDENTITY_KEY: &str = "ngx_sessions:identity";
 /// Bytes of the identity value: 32 bytes of secret, 16 of cookie name.
 pub const IDENTITY_LEN: usize = 48;
-/// TTL of the identity key, refreshed by every worker when it (re)reads it.
+/// TTL of the identity and binding keys, refreshed by every worker when it (re)reads them.
 pub const IDENTITY_TTL: u64 = 400 * 86400;
+/// Key of the shared random key of the binding hashes (16 bytes), which every instance
+/// adopts before it evaluates a request, whatever its secret.
+pub const BINDING_KEY_KEY: &str = "ngx_sessions:binding_key";
 /// Conflicting writes tolerated before the request gives up with `error`.
 const MAX_ATTEMPTS: u8 = 4;
 
@@ -35,14 +39,21 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) \
 if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'NX', 'EX', ARGV[5]) end \
 return 1";
 
-/// Destroy one session and start another in one round trip.
-const SCRIPT_REPLACE: &str = "redis.call('DEL', KEYS[1]) \
+/// Destroy one session (`KEYS[1]`, and `KEYS[3]` when given: the successor of an old ID)
+/// and start another (`KEYS[2]`) in one round trip.
+const SCRIPT_REPLACE: &str = "for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end \
+redis.call('DEL', KEYS[1]) \
 return redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2])";
 
-/// The first instance's proposal wins; everyone reads the winner and keeps it alive.
-const SCRIPT_IDENTITY: &str = "redis.call('SET', KEYS[1], ARGV[1], 'NX') \
-redis.call('EXPIRE', KEYS[1], ARGV[2]) \
-return redis.call('GET', KEYS[1])";
+/// For each key `KEYS[i]`, the first instance's proposal `ARGV[i]` wins; everyone reads the
+/// winners (concatenated, in the order of the keys) and keeps them alive
+/// (`ARGV[#KEYS + 1]` seconds).
+const SCRIPT_SHARED: &str = "local out = '' \
+for i = 1, #KEYS do \
+redis.call('SET', KEYS[i], ARGV[i], 'NX') \
+redis.call('EXPIRE', KEYS[i], ARGV[#KEYS + 1]) \
+out = out .. redis.call('GET', KEYS[i]) end \
+return out";
 
 /// `<prefix>:<hex of the store key>`: never the raw ID.
 pub fn key_name(key: &StoreKey) -> Vec<u8> {
@@ -78,14 +89,20 @@ pub enum Command {
         ttl: u64,
         successor: Option<(StoreKey, Record, u64)>,
     },
+    /// Deletes `old` (and `successor`, the successor of an old ID within its grace) and
+    /// creates `key`.
     Replace {
         old: StoreKey,
+        successor: Option<StoreKey>,
         key: StoreKey,
         record: Record,
         ttl: u64,
     },
-    Identity {
-        proposal: [u8; IDENTITY_LEN],
+    /// Fetches (proposing ours) what all instances must share: the binding key, and the
+    /// random identity when `identity` is given. The reply is for [`parse_shared`].
+    Shared {
+        binding_key: BindingKey,
+        identity: Option<[u8; IDENTITY_LEN]>,
     },
 }
 
@@ -119,21 +136,28 @@ impl Command {
                     .arg(sttl)
                     .get_packed_command()
             }
-            Command::Replace { old, key, record, ttl } => redis::cmd("EVAL")
-                .arg(SCRIPT_REPLACE)
-                .arg(2)
-                .arg(key_name(old))
-                .arg(key_name(key))
-                .arg(&record.encode()[..])
-                .arg(*ttl)
-                .get_packed_command(),
-            Command::Identity { proposal } => redis::cmd("EVAL")
-                .arg(SCRIPT_IDENTITY)
-                .arg(1)
-                .arg(IDENTITY_KEY)
-                .arg(&proposal[..])
-                .arg(IDENTITY_TTL)
-                .get_packed_command(),
+            Command::Replace { old, successor, key, record, ttl } => {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(SCRIPT_REPLACE).arg(2 + usize::from(successor.is_some()));
+                cmd.arg(key_name(old)).arg(key_name(key));
+                if let Some(successor) = successor {
+                    cmd.arg(key_name(successor));
+                }
+                cmd.arg(&record.encode()[..]).arg(*ttl).get_packed_command()
+            }
+            Command::Shared { binding_key, identity } => {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(SCRIPT_SHARED).arg(1 + usize::from(identity.is_some()));
+                cmd.arg(BINDING_KEY_KEY);
+                if identity.is_some() {
+                    cmd.arg(IDENTITY_KEY);
+                }
+                cmd.arg(&binding_key.0[..]);
+                if let Some(identity) = identity {
+                    cmd.arg(&identity[..]);
+                }
+                cmd.arg(IDENTITY_TTL).get_packed_command()
+            }
         }
     }
 }
@@ -230,7 +254,6 @@ enum State {
 pub struct Flow {
     now: u64,
     policy: Policy,
-    client: Client,
     /// The cookie's verified ID, kept as `$session_id` when Redis fails.
     incoming: Option<SessionId>,
     state: State,
@@ -242,18 +265,13 @@ fn ttl(rec: &Record, policy: &Policy, now: u64) -> u64 {
 }
 
 impl Flow {
+    /// Starts the flow; `client` is the request's, here and at every [`Flow::on_reply`].
     pub fn start(incoming: Incoming, now: u64, policy: &Policy, client: &Client) -> (Flow, Step) {
-        let mut flow = Flow {
-            now,
-            policy: *policy,
-            client: *client,
-            incoming: None,
-            state: State::Done,
-            attempts: 0,
-        };
+        let mut flow =
+            Flow { now, policy: *policy, incoming: None, state: State::Done, attempts: 0 };
         let step = match incoming {
-            Incoming::Absent => flow.create(Status::New, None),
-            Incoming::Invalid => flow.create(Status::Invalid, None),
+            Incoming::Absent => flow.create(Status::New, None, client),
+            Incoming::Invalid => flow.create(Status::Invalid, None, client),
             Incoming::Verified(id) => {
                 flow.incoming = Some(id);
                 flow.state = State::Looking { id };
@@ -274,25 +292,33 @@ impl Flow {
         Step::Done(eval)
     }
 
-    fn create(&mut self, status: Status, old: Option<StoreKey>) -> Step {
+    /// Starts a new session; `old` is destroyed first (with its successor, if given).
+    fn create(
+        &mut self,
+        status: Status,
+        old: Option<(StoreKey, Option<StoreKey>)>,
+        client: &Client,
+    ) -> Step {
         self.attempts += 1;
         if self.attempts > MAX_ATTEMPTS {
             return Step::Done(self.failed());
         }
-        let record = Record::new(self.now, &self.client);
+        let record = Record::new(self.now, client);
         let id = SessionId::random();
         self.state = State::Creating { status, id };
         let ttl = ttl(&record, &self.policy, self.now);
         Step::Send(match old {
-            Some(old) => Command::Replace { old, key: id.store_key(), record, ttl },
+            Some((old, successor)) => {
+                Command::Replace { old, successor, key: id.store_key(), record, ttl }
+            }
             None => Command::Create { key: id.store_key(), record, ttl },
         })
     }
 
     /// Decides on a record read from Redis.
-    fn apply(&mut self, id: SessionId, rec: Record, signer: &Signer) -> Step {
+    fn apply(&mut self, id: SessionId, rec: Record, signer: &Signer, client: &Client) -> Step {
         let (now, policy) = (self.now, self.policy);
-        match decide(&rec, now, &policy, &self.client) {
+        match decide(&rec, now, &policy, client) {
             Verdict::Valid { touch: false } => {
                 self.done(Evaluation { status: Status::Valid, id: Some(id), set_cookie: false })
             }
@@ -306,7 +332,7 @@ impl Flow {
                         set_cookie: false,
                     });
                 }
-                let new = Record { last_seen: now, ..rec };
+                let new = Record { last_seen: now, ..client.rebind(&rec) };
                 self.state = State::Writing { id, next: None };
                 Step::Send(Command::Cas {
                     key: id.store_key(),
@@ -322,8 +348,9 @@ impl Flow {
                     return Step::Done(self.failed());
                 }
                 let next = signer.successor(&id);
-                let succ = rec.successor(now);
-                let old = Record { renewed_at: now, last_seen: now, ..rec };
+                let rebound = client.rebind(&rec);
+                let succ = rebound.successor(now);
+                let old = Record { renewed_at: now, last_seen: now, ..rebound };
                 self.state = State::Writing { id, next: Some(next) };
                 Step::Send(Command::Cas {
                     key: id.store_key(),
@@ -339,24 +366,28 @@ impl Flow {
                 self.state = State::CheckingSuccessor { id, next };
                 Step::Send(Command::Exists { key: next.store_key() })
             }
-            Verdict::Expired => self.create(Status::Expired, Some(id.store_key())),
-            Verdict::Mismatch => self.create(Status::Mismatch, Some(id.store_key())),
-            Verdict::Dead => self.create(Status::Invalid, Some(id.store_key())),
+            Verdict::Expired => self.create(Status::Expired, Some((id.store_key(), None)), client),
+            // An old ID within its grace speaks for the whole session: its successor goes too.
+            Verdict::Mismatch => {
+                let successor = (rec.renewed_at != 0).then(|| signer.successor(&id).store_key());
+                self.create(Status::Mismatch, Some((id.store_key(), successor)), client)
+            }
+            Verdict::Dead => self.create(Status::Invalid, Some((id.store_key(), None)), client),
         }
     }
 
     /// Feeds the reply to the last command sent.
-    pub fn on_reply(&mut self, reply: Reply, signer: &Signer) -> Step {
+    pub fn on_reply(&mut self, reply: Reply, signer: &Signer, client: &Client) -> Step {
         if let Reply::Error(_) = reply {
             return Step::Done(self.failed());
         }
         match self.state {
             State::Looking { id } => match reply {
-                Reply::Nil => self.create(Status::Invalid, None),
+                Reply::Nil => self.create(Status::Invalid, None, client),
                 Reply::Bulk(b) => match Record::decode(&b) {
-                    Some(rec) => self.apply(id, rec, signer),
+                    Some(rec) => self.apply(id, rec, signer, client),
                     // Not ours (foreign or corrupted value): never trusted, replaced.
-                    None => self.create(Status::Invalid, Some(id.store_key())),
+                    None => self.create(Status::Invalid, Some((id.store_key(), None)), client),
                 },
                 _ => Step::Done(self.failed()),
             },
@@ -375,10 +406,10 @@ impl Flow {
                 },
                 // Someone else changed the record since we read it: decide again on theirs.
                 Reply::Bulk(b) => match Record::decode(&b) {
-                    Some(rec) => self.apply(id, rec, signer),
-                    None => self.create(Status::Invalid, Some(id.store_key())),
+                    Some(rec) => self.apply(id, rec, signer, client),
+                    None => self.create(Status::Invalid, Some((id.store_key(), None)), client),
                 },
-                Reply::Nil => self.create(Status::Invalid, None),
+                Reply::Nil => self.create(Status::Invalid, None, client),
                 _ => Step::Done(self.failed()),
             },
             State::CheckingSuccessor { id, next } => match reply {
@@ -387,13 +418,13 @@ impl Flow {
                     id: Some(next),
                     set_cookie: true,
                 }),
-                Reply::Int(_) => self.create(Status::Invalid, Some(id.store_key())),
+                Reply::Int(_) => self.create(Status::Invalid, Some((id.store_key(), None)), client),
                 _ => Step::Done(self.failed()),
             },
             State::Creating { status, id } => match reply {
                 Reply::Ok => self.done(Evaluation { status, id: Some(id), set_cookie: true }),
                 // The random ID is taken (never, in practice): draw another.
-                Reply::Nil => self.create(status, None),
+                Reply::Nil => self.create(status, None, client),
                 _ => Step::Done(self.failed()),
             },
             State::Done => Step::Done(self.failed()),
@@ -401,8 +432,22 @@ impl Flow {
     }
 }
 
+/// The secret and cookie name kept in Redis.
+pub type SharedIdentity = ([u8; 32], [u8; 16]);
+
+/// Splits the reply of [`Command::Shared`]: the binding key, then the identity if it was
+/// asked for. `None` when a value is malformed (someone else wrote the key).
+pub fn parse_shared(value: &[u8]) -> Option<(BindingKey, Option<SharedIdentity>)> {
+    let (key, identity) = value.split_at_checked(16)?;
+    let key = BindingKey(key.try_into().ok()?);
+    match identity.len() {
+        0 => Some((key, None)),
+        _ => Some((key, Some(parse_identity(identity)?))),
+    }
+}
+
 /// Splits an identity value into the secret and the cookie name, checking the name.
-pub fn parse_identity(value: &[u8]) -> Option<([u8; 32], [u8; 16])> {
+pub fn parse_identity(value: &[u8]) -> Option<SharedIdentity> {
     if value.len() != IDENTITY_LEN {
         return None;
     }
@@ -449,16 +494,28 @@ mod tests {
                     }
                     Reply::Int(1)
                 }
-                Command::Replace { old, key, record, ttl } => {
+                Command::Replace { old, successor, key, record, ttl } => {
                     self.data.remove(&key_name(old));
+                    if let Some(successor) = successor {
+                        self.data.remove(&key_name(successor));
+                    }
                     self.set_nx(key, record, *ttl)
                 }
-                Command::Identity { proposal } => {
-                    let v = self
+                Command::Shared { binding_key, identity } => {
+                    let mut out = self
                         .data
-                        .entry(IDENTITY_KEY.as_bytes().to_vec())
-                        .or_insert((proposal.to_vec(), IDENTITY_TTL));
-                    Reply::Bulk(v.0.clone())
+                        .entry(BINDING_KEY_KEY.as_bytes().to_vec())
+                        .or_insert((binding_key.0.to_vec(), IDENTITY_TTL))
+                        .0
+                        .clone();
+                    if let Some(identity) = identity {
+                        let v = self
+                            .data
+                            .entry(IDENTITY_KEY.as_bytes().to_vec())
+                            .or_insert((identity.to_vec(), IDENTITY_TTL));
+                        out.extend_from_slice(&v.0);
+                    }
+                    Reply::Bulk(out)
                 }
             }
         }
@@ -480,7 +537,7 @@ mod tests {
                     Step::Done(e) => return e,
                     Step::Send(cmd) => {
                         let reply = self.exec(&cmd);
-                        step = flow.on_reply(reply, &s);
+                        step = flow.on_reply(reply, &s, client);
                     }
                 }
             }
@@ -490,7 +547,7 @@ mod tests {
 
     const POLICY: Policy =
         Policy { idle: 30, rolling: 60, absolute: 300, check_ip: true, check_user_agent: true };
-    const ALICE: Client = Client { ip: 1, user_agent: 2 };
+    const ALICE: Client = Client::hashed(1, 2);
 
     fn signer() -> Signer {
         Signer::new(b"a secret that is long enough......")
@@ -540,15 +597,17 @@ mod tests {
         let (mut b, sb) = Flow::start(Incoming::Verified(id), 1060, &POLICY, &ALICE);
         let (Step::Send(ga), Step::Send(gb)) = (sa, sb) else { panic!() };
         let (ra, rb) = (r.exec(&ga), r.exec(&gb));
-        let (Step::Send(ca), Step::Send(cb)) = (a.on_reply(ra, &s), b.on_reply(rb, &s)) else {
+        let (Step::Send(ca), Step::Send(cb)) =
+            (a.on_reply(ra, &s, &ALICE), b.on_reply(rb, &s, &ALICE))
+        else {
             panic!()
         };
         let mut finish = |flow: &mut Flow, cmd: Command| {
-            let mut step = flow.on_reply(r.exec(&cmd), &s);
+            let mut step = flow.on_reply(r.exec(&cmd), &s, &ALICE);
             for _ in 0..5 {
                 match step {
                     Step::Done(e) => return e,
-                    Step::Send(c) => step = flow.on_reply(r.exec(&c), &s),
+                    Step::Send(c) => step = flow.on_reply(r.exec(&c), &s, &ALICE),
                 }
             }
             panic!("flow did not finish");
@@ -564,14 +623,14 @@ mod tests {
     fn mismatch_destroys_everywhere_and_errors_keep_cookie() {
         let mut r = FakeRedis::default();
         let id = r.run(Incoming::Absent, 1000, &ALICE).id.unwrap();
-        let eve = Client { ip: 9, user_agent: 2 };
+        let eve = Client::hashed(9, 2);
         let e = r.run(Incoming::Verified(id), 1001, &eve);
         assert_eq!(e.status, Status::Mismatch);
         assert_ne!(e.id, Some(id));
         assert_eq!(r.run(Incoming::Verified(id), 1002, &ALICE).status, Status::Invalid);
 
         let (mut flow, _) = Flow::start(Incoming::Verified(id), 1003, &POLICY, &ALICE);
-        let e = match flow.on_reply(Reply::Error("OOM".into()), &signer()) {
+        let e = match flow.on_reply(Reply::Error("OOM".into()), &signer(), &ALICE) {
             Step::Done(e) => e,
             s => panic!("{s:?}"),
         };
@@ -585,11 +644,42 @@ mod tests {
         r.run(Incoming::Verified(id), 1029, &ALICE);
         r.run(Incoming::Verified(id), 1058, &ALICE);
         let next = r.run(Incoming::Verified(id), 1060, &ALICE).id.unwrap();
-        let eve = Client { ip: 9, user_agent: 2 };
+        let eve = Client::hashed(9, 2);
         assert_eq!(r.run(Incoming::Verified(next), 1061, &eve).status, Status::Mismatch);
         let e = r.run(Incoming::Verified(id), 1062, &ALICE);
         assert_eq!(e.status, Status::Invalid);
         assert_ne!(e.id, Some(next));
+    }
+
+    #[test]
+    fn mismatch_of_an_old_id_within_its_grace_destroys_the_successor_too() {
+        let mut r = FakeRedis::default();
+        let id = r.run(Incoming::Absent, 1000, &ALICE).id.unwrap();
+        r.run(Incoming::Verified(id), 1029, &ALICE);
+        r.run(Incoming::Verified(id), 1058, &ALICE);
+        let next = r.run(Incoming::Verified(id), 1060, &ALICE).id.unwrap();
+        let eve = Client::hashed(9, 2);
+        let commands = r.commands;
+        let e = r.run(Incoming::Verified(id), 1062, &eve);
+        assert_eq!(e.status, Status::Mismatch);
+        assert_eq!(r.commands, commands + 2, "GET, then one script");
+        assert_eq!(r.data.len(), 1, "only the session handed to eve is left");
+        assert_eq!(r.run(Incoming::Verified(next), 1063, &ALICE).status, Status::Invalid);
+        assert_eq!(r.run(Incoming::Verified(id), 1064, &ALICE).status, Status::Invalid);
+    }
+
+    #[test]
+    fn replace_names_the_successor_as_a_key() {
+        let (old, succ, new) = (StoreKey([1; 16]), StoreKey([2; 16]), StoreKey([3; 16]));
+        let record = Record::default();
+        let with =
+            Command::Replace { old, successor: Some(succ), key: new, record, ttl: 5 }.encode();
+        let without = Command::Replace { old, successor: None, key: new, record, ttl: 5 }.encode();
+        let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();
+        assert!(text(&with).starts_with("*8\r\n"), "{}", text(&with));
+        assert!(text(&with).contains("$1\r\n3\r\n"), "3 keys: {}", text(&with));
+        assert!(text(&with).contains(&text(&key_name(&succ))));
+        assert!(text(&without).starts_with("*7\r\n") && text(&without).contains("$1\r\n2\r\n"));
     }
 
     #[test]
@@ -627,6 +717,61 @@ mod tests {
         assert_eq!(setup.len(), 2);
         assert!(setup[0].starts_with(b"*3\r\n$4\r\nAUTH"));
         assert!(setup_commands(None, None, 0).is_empty());
+    }
+
+    #[test]
+    fn shared_values_first_proposal_wins() {
+        let mut r = FakeRedis::default();
+        let (k1, k2) = (BindingKey([1; 16]), BindingKey([2; 16]));
+        let Reply::Bulk(v) = r.exec(&Command::Shared { binding_key: k1, identity: None }) else {
+            panic!()
+        };
+        assert_eq!(parse_shared(&v), Some((k1, None)));
+        let ident = [b'n'; IDENTITY_LEN];
+        let cmd = Command::Shared { binding_key: k2, identity: Some(ident) };
+        let Reply::Bulk(v) = r.exec(&cmd) else { panic!() };
+        assert_eq!(parse_shared(&v), Some((k1, Some(([b'n'; 32], [b'n'; 16])))));
+        let text = String::from_utf8_lossy(&cmd.encode()).into_owned();
+        assert!(text.contains("$1\r\n2\r\n$24\r\nngx_sessions:binding_key\r\n"), "{text}");
+        assert!(text.contains(IDENTITY_KEY));
+        assert_eq!(parse_shared(&[0; 15]), None);
+        assert_eq!(parse_shared(&[0; 17]), None);
+        assert_eq!(parse_shared(&[b';'; 64]), None, "a cookie name that is no token");
+    }
+
+    #[test]
+    fn legacy_records_are_read_and_rewritten_keyed() {
+        let key = BindingKey([7; 16]);
+        let alice = Client::new(&key, b"192.0.2.1", b"agent");
+        let mut r = FakeRedis::default();
+        let id = SessionId::random();
+        let legacy = Record {
+            hashes: crate::session::BindingHashes::Legacy,
+            ..Record::new(1000, &Client::new(&BindingKey([0; 16]), b"", b""))
+        };
+        let (ip, ua) = crate::session::legacy_hashes(b"192.0.2.1", b"agent");
+        let legacy = Record { ip, user_agent: ua, ..legacy };
+        r.data.insert(key_name(&id.store_key()), (legacy.encode().to_vec(), 30));
+        let run = |r: &mut FakeRedis, now: u64, client: &Client| {
+            let s = signer();
+            let (mut flow, mut step) = Flow::start(Incoming::Verified(id), now, &POLICY, client);
+            for _ in 0..10 {
+                match step {
+                    Step::Done(e) => return e,
+                    Step::Send(cmd) => step = flow.on_reply(r.exec(&cmd), &s, client),
+                }
+            }
+            panic!("flow did not finish");
+        };
+        assert_eq!(run(&mut r, 1000, &alice).status, Status::Valid);
+        assert_eq!(r.data[&key_name(&id.store_key())].0[0], 1, "no write, still legacy");
+        assert_eq!(run(&mut r, 1029, &alice).status, Status::Valid);
+        let stored = Record::decode(&r.data[&key_name(&id.store_key())].0).unwrap();
+        assert_eq!(stored.hashes, crate::session::BindingHashes::Keyed, "touched: rewritten");
+        assert_eq!((stored.ip, stored.user_agent), (alice.ip, alice.user_agent));
+        assert_eq!(run(&mut r, 1030, &alice).status, Status::Valid);
+        let eve = Client::new(&key, b"192.0.2.2", b"agent");
+        assert_eq!(run(&mut r, 1031, &eve).status, Status::Mismatch);
     }
 
     #[test]

@@ -30,29 +30,132 @@ impl Policy {
     }
 }
 
-/// What a session is bound to: hashes of the client address and User-Agent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Client {
-    pub ip: u32,
-    pub user_agent: u32,
+/// The random key of the binding hashes, the same on every worker and instance that share a
+/// store (kept in the zone, or in Redis). Never derived from a secret: a rotation must not
+/// turn sessions into mismatches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BindingKey(pub [u8; 16]);
+
+impl BindingKey {
+    pub fn random() -> Self {
+        let mut key = [0u8; 16];
+        rand::Rng::fill(&mut rand::rngs::OsRng, &mut key[..]);
+        BindingKey(key)
+    }
 }
 
-impl Client {
-    pub fn new(addr: &[u8], user_agent: &[u8]) -> Self {
-        Client { ip: binding_hash(b'i', addr), user_agent: binding_hash(b'u', user_agent) }
+impl core::fmt::Debug for BindingKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("BindingKey(..)")
+    }
+}
+
+/// What a session is bound to: keyed hashes of the client address and User-Agent, and the
+/// values themselves, for records written with the legacy unkeyed hashes.
+#[derive(Clone, Copy, Debug)]
+pub struct Client<'a> {
+    pub ip: u32,
+    pub user_agent: u32,
+    addr: &'a [u8],
+    user_agent_raw: &'a [u8],
+}
+
+impl<'a> Client<'a> {
+    pub fn new(key: &BindingKey, addr: &'a [u8], user_agent: &'a [u8]) -> Self {
+        Client {
+            ip: keyed_hash(key, b'i', addr),
+            user_agent: keyed_hash(key, b'u', user_agent),
+            addr,
+            user_agent_raw: user_agent,
+        }
+    }
+
+    /// A client known by its hashes only (tests): its legacy hashes are those of empty values.
+    pub const fn hashed(ip: u32, user_agent: u32) -> Client<'static> {
+        Client { ip, user_agent, addr: b"", user_agent_raw: b"" }
+    }
+
+    /// The (address, User-Agent) hashes to compare with a record's, as that record made them.
+    fn hashes_for(&self, rec: &Record) -> (u32, u32) {
+        match rec.hashes {
+            BindingHashes::Keyed => (self.ip, self.user_agent),
+            BindingHashes::Legacy => {
+                (legacy_hash(b'i', self.addr), legacy_hash(b'u', self.user_agent_raw))
+            }
+        }
+    }
+
+    /// The record to write back: a legacy record whose both hashes are this client's is
+    /// rewritten with keyed hashes (one whose bindings this client does not match, with a
+    /// check turned off, stays legacy: its original binding is not ours to replace).
+    pub fn rebind(&self, rec: &Record) -> Record {
+        if rec.hashes == BindingHashes::Legacy && self.hashes_for(rec) == (rec.ip, rec.user_agent) {
+            Record {
+                ip: self.ip,
+                user_agent: self.user_agent,
+                hashes: BindingHashes::Keyed,
+                ..*rec
+            }
+        } else {
+            *rec
+        }
     }
 }
 
 /// 32 bits suffice: a client whose address or User-Agent hashes differently is a
-/// mismatch, which destroys the session, so a thief gets one guess, not 2^32.
-fn binding_hash(domain: u8, value: &[u8]) -> u32 {
+/// mismatch, which destroys the session, so a thief gets one guess, not 2^32. Keyed, so
+/// that a hash read from the store does not give the address away (an IPv4 address space
+/// is small enough to enumerate against an unkeyed hash). SipHash-1-3: fast on short inputs
+/// and a PRF under its key.
+fn keyed_hash(key: &BindingKey, domain: u8, value: &[u8]) -> u32 {
+    use core::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_key(&key.0);
+    h.write_u8(domain);
+    h.write(value);
+    h.finish() as u32
+}
+
+/// The hashes of records written before the binding key existed (record version 1).
+fn legacy_hash(domain: u8, value: &[u8]) -> u32 {
     let digest = Sha256::new().chain_update([domain]).chain_update(value).finalize();
     u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
+/// The legacy (address, User-Agent) hashes, for tests that make version 1 records.
+#[cfg(test)]
+pub(crate) fn legacy_hashes(addr: &[u8], user_agent: &[u8]) -> (u32, u32) {
+    (legacy_hash(b'i', addr), legacy_hash(b'u', user_agent))
+}
+
+/// How a record's binding hashes were made, which its version tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BindingHashes {
+    /// Unkeyed truncations of SHA-256 (version 1, before the binding key).
+    Legacy,
+    /// SipHash-1-3 under the store's [`BindingKey`] (version 2).
+    #[default]
+    Keyed,
+}
+
+impl BindingHashes {
+    pub fn version(self) -> u8 {
+        match self {
+            BindingHashes::Legacy => 1,
+            BindingHashes::Keyed => 2,
+        }
+    }
+
+    pub fn from_version(version: u8) -> Option<Self> {
+        match version {
+            1 => Some(BindingHashes::Legacy),
+            2 => Some(BindingHashes::Keyed),
+            _ => None,
+        }
+    }
+}
+
 /// One session ID's server-side record. `renewed_at` is 0 until the ID is renewed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[repr(C)]
 pub struct Record {
     /// When the session began; carried over to successors (absolute timeout).
     pub created: u64,
@@ -62,11 +165,11 @@ pub struct Record {
     pub renewed_at: u64,
     pub ip: u32,
     pub user_agent: u32,
+    pub hashes: BindingHashes,
 }
 
 /// Bytes of a record on the wire (Redis value).
 pub const RECORD_LEN: usize = 1 + 4 * 8 + 2 * 4;
-const RECORD_VERSION: u8 = 1;
 
 impl Record {
     pub fn new(now: u64, client: &Client) -> Self {
@@ -77,6 +180,7 @@ impl Record {
             renewed_at: 0,
             ip: client.ip,
             user_agent: client.user_agent,
+            hashes: BindingHashes::Keyed,
         }
     }
 
@@ -99,7 +203,7 @@ impl Record {
 
     pub fn encode(&self) -> [u8; RECORD_LEN] {
         let mut out = [0u8; RECORD_LEN];
-        out[0] = RECORD_VERSION;
+        out[0] = self.hashes.version();
         let times = [self.created, self.issued, self.last_seen, self.renewed_at];
         for (i, t) in times.iter().enumerate() {
             out[1 + 8 * i..9 + 8 * i].copy_from_slice(&t.to_le_bytes());
@@ -111,9 +215,10 @@ impl Record {
 
     /// Parses a stored record; anything else (foreign or corrupted value) is `None`.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != RECORD_LEN || bytes[0] != RECORD_VERSION {
+        if bytes.len() != RECORD_LEN {
             return None;
         }
+        let hashes = BindingHashes::from_version(bytes[0])?;
         let u64_at = |i: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&bytes[i..i + 8]);
@@ -128,6 +233,7 @@ impl Record {
             renewed_at: u64_at(25),
             ip: u32_at(33),
             user_agent: u32_at(37),
+            hashes,
         })
     }
 }
@@ -164,11 +270,14 @@ pub fn decide(rec: &Record, now: u64, policy: &Policy, client: &Client) -> Verdi
     if now.saturating_sub(rec.last_seen) >= policy.idle {
         return Verdict::Expired;
     }
-    if policy.check_ip && rec.ip != client.ip {
-        return Verdict::Mismatch;
-    }
-    if policy.check_user_agent && rec.user_agent != client.user_agent {
-        return Verdict::Mismatch;
+    if policy.check_ip || policy.check_user_agent {
+        let (ip, user_agent) = client.hashes_for(rec);
+        if policy.check_ip && rec.ip != ip {
+            return Verdict::Mismatch;
+        }
+        if policy.check_user_agent && rec.user_agent != user_agent {
+            return Verdict::Mismatch;
+        }
     }
     if rec.renewed_at != 0 {
         return Verdict::Successor;
@@ -274,7 +383,7 @@ pub fn evaluate<T: Table>(
                 Some(rec) => match decide(&rec, now, policy, client) {
                     Verdict::Valid { touch } => {
                         if touch {
-                            let rec = Record { last_seen: now, ..rec };
+                            let rec = Record { last_seen: now, ..client.rebind(&rec) };
                             table.update(&key, &rec, rec.expires_at(policy));
                         }
                         return Evaluation {
@@ -285,6 +394,7 @@ pub fn evaluate<T: Table>(
                     }
                     Verdict::Renew => {
                         let next = signer.successor(&id);
+                        let rec = client.rebind(&rec);
                         let succ = rec.successor(now);
                         match table.insert(
                             &next.store_key(),
@@ -326,6 +436,11 @@ pub fn evaluate<T: Table>(
                     }
                     Verdict::Mismatch => {
                         table.remove(&key);
+                        // An old ID within its grace speaks for the whole session: its
+                        // successor goes too.
+                        if rec.renewed_at != 0 {
+                            table.remove(&signer.successor(&id).store_key());
+                        }
                         Status::Mismatch
                     }
                     Verdict::Dead => {
@@ -409,7 +524,7 @@ mod tests {
         Signer::new(b"a secret that is long enough......")
     }
 
-    const ALICE: Client = Client { ip: 1, user_agent: 2 };
+    const ALICE: Client = Client::hashed(1, 2);
 
     fn begin(t: &mut MapTable, now: u64) -> SessionId {
         let e = evaluate(t, Incoming::Absent, &signer(), now, &POLICY, &ALICE);
@@ -489,12 +604,127 @@ mod tests {
         again(&mut t, id, 1029, &ALICE);
         again(&mut t, id, 1058, &ALICE);
         let next = again(&mut t, id, 1060, &ALICE).id.unwrap();
-        let eve = Client { ip: 9, user_agent: 2 };
+        let eve = Client::hashed(9, 2);
         assert_eq!(again(&mut t, next, 1061, &eve).status, Status::Mismatch);
         let e = again(&mut t, id, 1062, &ALICE);
         assert_eq!(e.status, Status::Invalid);
         assert_ne!(e.id, Some(next));
         assert_eq!(again(&mut t, id, 1063, &ALICE).status, Status::Invalid);
+    }
+
+    #[test]
+    fn mismatch_of_an_old_id_within_its_grace_destroys_the_successor_too() {
+        for eve in [Client::hashed(9, 2), Client::hashed(1, 9)] {
+            let mut t = MapTable::default();
+            let id = begin(&mut t, 1000);
+            again(&mut t, id, 1029, &ALICE);
+            again(&mut t, id, 1058, &ALICE);
+            let next = again(&mut t, id, 1060, &ALICE).id.unwrap();
+            let e = again(&mut t, id, 1062, &eve);
+            assert_eq!(e.status, Status::Mismatch);
+            assert!(e.set_cookie);
+            assert_ne!(e.id, Some(next));
+            assert_eq!(t.map.len(), 1, "only the session handed to eve is left");
+            assert_eq!(again(&mut t, next, 1063, &ALICE).status, Status::Invalid);
+            assert_eq!(again(&mut t, id, 1064, &ALICE).status, Status::Invalid);
+        }
+    }
+
+    #[test]
+    fn keyed_hashes_match_the_reference_siphash_1_3() {
+        // The reference implementation's first SipHash-1-3 test vector (key 00..0f, empty
+        // message; as in Rust's own `SipHasher13` tests), through the same hasher.
+        use core::hash::Hasher;
+        let key: [u8; 16] = core::array::from_fn(|i| i as u8);
+        let h = siphasher::sip::SipHasher13::new_with_key(&key);
+        assert_eq!(h.finish(), 0xabac_0158_050f_c4dc);
+        let mut h = siphasher::sip::SipHasher13::new_with_key(&key);
+        h.write(&(0u8..15).collect::<Vec<_>>());
+        assert_eq!(h.finish(), 0xd320_d86d_2a51_9956);
+        // Ours: a domain byte, then the value; the low 32 bits.
+        let mut msg = vec![b'i'];
+        msg.extend_from_slice(b"203.0.113.57");
+        let mut h = siphasher::sip::SipHasher13::new_with_key(&key);
+        h.write(&msg);
+        let c = Client::new(&BindingKey(key), b"203.0.113.57", b"");
+        assert_eq!(c.ip, h.finish() as u32);
+    }
+
+    #[test]
+    fn binding_hashes_depend_on_the_key_and_the_domain() {
+        let (k1, k2) = (BindingKey([1; 16]), BindingKey([2; 16]));
+        let a = Client::new(&k1, b"192.0.2.1", b"agent");
+        assert_eq!((a.ip, a.user_agent), {
+            let b = Client::new(&k1, b"192.0.2.1", b"agent");
+            (b.ip, b.user_agent)
+        });
+        assert_ne!(a.ip, Client::new(&k2, b"192.0.2.1", b"agent").ip);
+        assert_ne!(a.ip, Client::new(&k1, b"192.0.2.2", b"agent").ip);
+        let same = Client::new(&k1, b"x", b"x");
+        assert_ne!(same.ip, same.user_agent, "address and User-Agent hashes are apart");
+        // A session made under one key is a mismatch under another.
+        let mut t = MapTable::default();
+        let e = evaluate(&mut t, Incoming::Absent, &signer(), 1000, &POLICY, &a);
+        let other = Client::new(&k2, b"192.0.2.1", b"agent");
+        let e =
+            evaluate(&mut t, Incoming::Verified(e.id.unwrap()), &signer(), 1001, &POLICY, &other);
+        assert_eq!(e.status, Status::Mismatch);
+    }
+
+    /// A record written before the binding key (version 1, unkeyed hashes) keeps working and
+    /// is rewritten keyed at its next write; a mismatch is still a mismatch.
+    #[test]
+    fn legacy_records_keep_working_and_are_rewritten_keyed() {
+        let key = BindingKey([9; 16]);
+        let alice = Client::new(&key, b"192.0.2.1", b"agent-A");
+        let (ip, user_agent) = legacy_hashes(b"192.0.2.1", b"agent-A");
+        let legacy = Record {
+            ip,
+            user_agent,
+            hashes: BindingHashes::Legacy,
+            ..Record::new(1000, &Client::hashed(0, 0))
+        };
+        assert_eq!(Record::decode(&legacy.encode()), Some(legacy));
+        let mut t = MapTable::default();
+        let id = SessionId::random();
+        t.map.insert(id.store_key(), legacy);
+        assert_eq!(decide(&legacy, 1000, &POLICY, &alice), Verdict::Valid { touch: false });
+        assert_eq!(again(&mut t, id, 1000, &alice).status, Status::Valid);
+        assert_eq!(t.map[&id.store_key()], legacy, "no write: unchanged");
+        assert_eq!(again(&mut t, id, 1029, &alice).status, Status::Valid);
+        let stored = t.map[&id.store_key()];
+        assert_eq!(stored.hashes, BindingHashes::Keyed, "touched: rewritten keyed");
+        assert_eq!(
+            (stored.ip, stored.user_agent, stored.last_seen),
+            (alice.ip, alice.user_agent, 1029)
+        );
+        assert_eq!(again(&mut t, id, 1030, &alice).status, Status::Valid);
+
+        // Renewal rewrites the old record and makes a keyed successor.
+        let id = SessionId::random();
+        t.map.insert(id.store_key(), Record { last_seen: 1050, ..legacy });
+        let e = again(&mut t, id, 1060, &alice);
+        assert_eq!(e.status, Status::Renewed);
+        let succ = t.map[&e.id.unwrap().store_key()];
+        assert_eq!((succ.hashes, succ.ip), (BindingHashes::Keyed, alice.ip));
+        assert_eq!(t.map[&id.store_key()].hashes, BindingHashes::Keyed);
+
+        // Another address, or User-Agent, against a legacy record: mismatch.
+        for eve in [
+            Client::new(&key, b"192.0.2.2", b"agent-A"),
+            Client::new(&key, b"192.0.2.1", b"agent-B"),
+        ] {
+            let id = SessionId::random();
+            t.map.insert(id.store_key(), legacy);
+            assert_eq!(again(&mut t, id, 1001, &eve).status, Status::Mismatch);
+        }
+        // With the address check off, another address keeps a legacy session, but the
+        // record stays legacy: its binding is the original client's, not ours to replace.
+        let relaxed = Policy { check_ip: false, ..POLICY };
+        let roaming = Client::new(&key, b"192.0.2.7", b"agent-A");
+        assert_eq!(decide(&legacy, 1000, &relaxed, &roaming), Verdict::Valid { touch: false });
+        assert_eq!(roaming.rebind(&legacy), legacy);
+        assert_eq!(alice.rebind(&legacy).hashes, BindingHashes::Keyed);
     }
 
     #[test]
@@ -525,14 +755,14 @@ mod tests {
     fn binding_checks() {
         let mut t = MapTable::default();
         let id = begin(&mut t, 1000);
-        let eve = Client { ip: 9, user_agent: 2 };
+        let eve = Client::hashed(9, 2);
         let e = again(&mut t, id, 1001, &eve);
         assert_eq!(e.status, Status::Mismatch);
         assert!(e.set_cookie);
         assert_eq!(again(&mut t, id, 1002, &ALICE).status, Status::Invalid, "destroyed for all");
 
         let id = begin(&mut t, 1000);
-        let ua = Client { ip: 1, user_agent: 3 };
+        let ua = Client::hashed(1, 3);
         assert_eq!(again(&mut t, id, 1001, &ua).status, Status::Mismatch);
 
         let relaxed = Policy { check_ip: false, check_user_agent: false, ..POLICY };
@@ -585,8 +815,20 @@ mod tests {
 
     #[test]
     fn record_codec() {
-        let r = Record { created: 1, issued: 2, last_seen: 3, renewed_at: 4, ip: 5, user_agent: 6 };
+        let r = Record {
+            created: 1,
+            issued: 2,
+            last_seen: 3,
+            renewed_at: 4,
+            ip: 5,
+            user_agent: 6,
+            hashes: BindingHashes::Keyed,
+        };
         assert_eq!(Record::decode(&r.encode()), Some(r));
+        assert_eq!(r.encode()[0], 2);
+        let legacy = Record { hashes: BindingHashes::Legacy, ..r };
+        assert_eq!(legacy.encode()[0], 1);
+        assert_eq!(Record::decode(&legacy.encode()), Some(legacy));
         assert_eq!(Record::decode(&r.encode()[1..]), None);
         let mut bad = r.encode();
         bad[0] = 9;

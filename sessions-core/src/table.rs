@@ -6,17 +6,23 @@
 //!   at the same address in every worker, but indices would survive a different one too).
 //! - A power-of-two bucket array of chain heads, indexed by the first bytes of the store
 //!   key (a SHA-256 output, so uniform): one or two cache misses per lookup.
-//! - Two LRU lists: *probation* for sessions whose cookie has not come back, *protected*
+//! - A segmented LRU: *probation* for sessions whose cookie has not come back, *protected*
 //!   for sessions in use. When no slot is free, probation's oldest is taken first, so a flood
-//!   of cookie-less clients only pushes out other cookie-less clients.
+//!   of cookie-less clients only pushes out other cookie-less clients. Protected holds at
+//!   most [`PROTECTED_PERCENT`] of the capacity (see [`SlotTable::protected_cap`] for why
+//!   that keeps the table open to newcomers).
 
 use crate::cookie::StoreKey;
-use crate::session::{Record, StoreError, Table};
+use crate::session::{BindingHashes, Record, StoreError, Table};
 
 /// "No slot".
 pub const NIL: u32 = u32::MAX;
 /// Expired slots reclaimed from each list's tail per insert (as `limit_req` does).
 const EXPIRE_PER_INSERT: usize = 2;
+/// The protected segment's share of the capacity (SPEC: 80 %).
+pub const PROTECTED_PERCENT: u64 = 80;
+/// Evictions are reported at most this often (seconds).
+pub const EVICTION_REPORT_INTERVAL: u64 = 60;
 
 const FREE: u8 = 0;
 const PROBATION: u8 = 1;
@@ -41,7 +47,10 @@ pub struct Slot {
     prev: u32,
     next: u32,
     segment: u8,
-    _pad: [u8; 7],
+    /// The record's version ([`BindingHashes::version`]); 0, in slots written before it
+    /// existed, reads as the legacy hashes.
+    version: u8,
+    _pad: [u8; 6],
 }
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
@@ -53,17 +62,38 @@ struct List {
     head: u32,
     /// Least recently used.
     tail: u32,
+    len: u32,
 }
 
-/// The table's bookkeeping (counts, free list, LRU ends); the glue keeps it in the zone's
-/// root, next to the pointers to the buckets and slots.
+/// The table's bookkeeping (free list, LRU ends and lengths, eviction counters); the glue
+/// keeps it in the zone's root, next to the pointers to the buckets and slots.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Header {
-    count: u32,
     free: u32,
     /// Indexed by segment (`FREE` unused).
     lists: [List; 3],
+    /// Records evicted (pushed out alive for want of room) since the zone was made.
+    evictions_total: u64,
+    /// The evictions not reported yet: how many, when the first happened, and the smallest
+    /// idle age among them (`u64::MAX` when none).
+    unreported: u64,
+    unreported_since: u64,
+    unreported_min_idle: u64,
+    /// When the last report was made (0: never, so the first eviction reports at once).
+    last_report: u64,
+}
+
+/// Eviction pressure over a period, for a log line: many evictions of records idle for
+/// little time mean the zone is too small for the traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvictionReport {
+    /// When the first eviction of this report happened (seconds since the epoch).
+    pub since: u64,
+    pub evictions: u64,
+    /// The smallest idle age (seconds since `last_seen`) among the evicted records: how
+    /// recently the "warmest" of them had been used.
+    pub min_idle_age: u64,
 }
 
 /// Seconds since the epoch in 32 bits (good until 2106); later times saturate, which
@@ -107,9 +137,10 @@ impl<'a> SlotTable<'a> {
     /// Makes an empty table: all buckets empty, all slots on the free list.
     pub fn init(&mut self) {
         *self.header = Header {
-            count: 0,
             free: if self.slots.is_empty() { NIL } else { 0 },
-            lists: [List { head: NIL, tail: NIL }; 3],
+            lists: [List { head: NIL, tail: NIL, len: 0 }; 3],
+            unreported_min_idle: u64::MAX,
+            ..Header::default()
         };
         self.buckets.fill(NIL);
         let n = self.slots.len() as u32;
@@ -122,15 +153,61 @@ impl<'a> SlotTable<'a> {
     }
 
     pub fn len(&self) -> usize {
-        self.header.count as usize
+        let [_, probation, protected] = self.header.lists;
+        probation.len.saturating_add(protected.len) as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.header.count == 0
+        self.len() == 0
     }
 
     pub fn capacity(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Records pushed out alive for want of room since the zone was made.
+    pub fn evictions_total(&self) -> u64 {
+        self.header.evictions_total
+    }
+
+    /// The most records the protected segment holds: [`PROTECTED_PERCENT`] of the capacity.
+    ///
+    /// Why a new session X then survives at least `capacity - cap - 1` (a fifth of the
+    /// capacity, less one) newer insertions, whatever the other clients do: let `d` be the
+    /// records older than X in probation (X goes when it is probation's tail and a slot is
+    /// needed), `f` the free slots, `h = cap - protected` the room left in protected, and
+    /// `Φ = d + f - h`. At X's insertion `Φ = capacity - 1 - cap` (every other record is in
+    /// protected, older than X in probation, or free). A promotion of a record older than X
+    /// lowers `d` by one and either uses one of `h` or, protected being full, demotes its LRU
+    /// record to probation's *oldest* end, behind X, which gives `d` back: `Φ` is unchanged.
+    /// Promotions of newer records, removals and expiries never lower `Φ`; an insertion lowers
+    /// it by at most one (it takes a free slot or evicts probation's tail). X can only be
+    /// evicted by an insertion that finds `d = f = 0`, i.e. `Φ <= 0`. (Demoting to the newest
+    /// end instead would let each promotion ahead of X move X one step closer to eviction,
+    /// which is how clients returning each cookie once locked newcomers out.)
+    pub fn protected_cap(&self) -> u32 {
+        secs32(self.slots.len() as u64 * PROTECTED_PERCENT / 100)
+    }
+
+    /// The evictions since the last report, at most once per
+    /// [`EVICTION_REPORT_INTERVAL`] (the first at once); `None` when there were none or the
+    /// last report is too recent. Cheap when there is nothing to report.
+    pub fn eviction_report(&mut self, now: u64) -> Option<EvictionReport> {
+        let h = &mut *self.header;
+        if h.unreported == 0
+            || (h.last_report != 0 && now.saturating_sub(h.last_report) < EVICTION_REPORT_INTERVAL)
+        {
+            return None;
+        }
+        let report = EvictionReport {
+            since: h.unreported_since,
+            evictions: h.unreported,
+            min_idle_age: h.unreported_min_idle,
+        };
+        h.unreported = 0;
+        h.unreported_min_idle = u64::MAX;
+        h.last_report = now.max(1);
+        Some(report)
     }
 
     fn bucket_of(&self, key: &StoreKey) -> usize {
@@ -158,7 +235,8 @@ impl<'a> SlotTable<'a> {
     }
 
     // Indices all come from this table, written under the zone's lock; still, every
-    // access is checked (`get`), so a corrupted zone degrades to misses, never a panic.
+    // access is checked (`get`) and every count saturates, so a corrupted zone degrades to
+    // misses, never a panic.
 
     fn slot_mut(&mut self, i: u32) -> Option<&mut Slot> {
         self.slots.get_mut(i as usize)
@@ -170,6 +248,9 @@ impl<'a> SlotTable<'a> {
 
     fn unlink_lru(&mut self, i: u32) {
         let Some(&Slot { prev, next, segment, .. }) = self.slots.get(i as usize) else { return };
+        if segment == FREE {
+            return;
+        }
         match prev {
             NIL => self.list_mut(segment).into_iter().for_each(|l| l.head = next),
             p => self.slot_mut(p).into_iter().for_each(|s| s.next = next),
@@ -178,8 +259,10 @@ impl<'a> SlotTable<'a> {
             NIL => self.list_mut(segment).into_iter().for_each(|l| l.tail = prev),
             n => self.slot_mut(n).into_iter().for_each(|s| s.prev = prev),
         }
+        self.list_mut(segment).into_iter().for_each(|l| l.len = l.len.saturating_sub(1));
     }
 
+    /// Links unlinked slot `i` at the most recent end of `segment`.
     fn push_front(&mut self, i: u32, segment: u8) {
         let Some(head) = self.list_mut(segment).map(|l| l.head) else { return };
         let Some(s) = self.slot_mut(i) else { return };
@@ -190,7 +273,41 @@ impl<'a> SlotTable<'a> {
             NIL => self.list_mut(segment).into_iter().for_each(|l| l.tail = i),
             h => self.slot_mut(h).into_iter().for_each(|s| s.prev = i),
         }
-        self.list_mut(segment).into_iter().for_each(|l| l.head = i);
+        self.list_mut(segment).into_iter().for_each(|l| {
+            l.head = i;
+            l.len = l.len.saturating_add(1);
+        });
+    }
+
+    /// Links unlinked slot `i` at the oldest end of `segment` (next in line for eviction).
+    fn push_back(&mut self, i: u32, segment: u8) {
+        let Some(tail) = self.list_mut(segment).map(|l| l.tail) else { return };
+        let Some(s) = self.slot_mut(i) else { return };
+        s.segment = segment;
+        s.prev = tail;
+        s.next = NIL;
+        match tail {
+            NIL => self.list_mut(segment).into_iter().for_each(|l| l.head = i),
+            t => self.slot_mut(t).into_iter().for_each(|s| s.next = i),
+        }
+        self.list_mut(segment).into_iter().for_each(|l| {
+            l.tail = i;
+            l.len = l.len.saturating_add(1);
+        });
+    }
+
+    /// Makes slot `i` protected's most recent, demoting protected's least recently used
+    /// record to probation's oldest end if that takes protected over its cap.
+    fn protect(&mut self, i: u32) {
+        self.unlink_lru(i);
+        self.push_front(i, PROTECTED);
+        if self.header.lists[PROTECTED as usize].len > self.protected_cap() {
+            let t = self.tail(PROTECTED);
+            if t != NIL {
+                self.unlink_lru(t);
+                self.push_back(t, PROBATION);
+            }
+        }
     }
 
     fn unlink_chain(&mut self, i: u32) {
@@ -217,14 +334,18 @@ impl<'a> SlotTable<'a> {
         if matches!(self.cached, Some((_, c)) if c == i) {
             self.cached = None;
         }
+        if self.slots.get(i as usize).is_none_or(|s| s.segment == FREE) {
+            return;
+        }
         self.unlink_chain(i);
         self.unlink_lru(i);
         let free = self.header.free;
         let Some(s) = self.slot_mut(i) else { return };
         s.segment = FREE;
         s.chain = free;
+        s.prev = NIL;
+        s.next = NIL;
         self.header.free = i;
-        self.header.count = self.header.count.saturating_sub(1);
     }
 
     fn tail(&self, segment: u8) -> u32 {
@@ -244,11 +365,19 @@ impl<'a> SlotTable<'a> {
     }
 
     /// A free slot, evicting the least recently used record (probation first) if needed.
-    fn take_slot(&mut self) -> Option<u32> {
+    fn take_slot(&mut self, now: u64) -> Option<u32> {
         if self.header.free == NIL {
             let victim =
                 [PROBATION, PROTECTED].iter().map(|&s| self.tail(s)).find(|&t| t != NIL)?;
+            let idle = now.saturating_sub(self.slots.get(victim as usize)?.last_seen.into());
             self.release(victim);
+            let h = &mut *self.header;
+            h.evictions_total = h.evictions_total.saturating_add(1);
+            if h.unreported == 0 {
+                h.unreported_since = now;
+            }
+            h.unreported = h.unreported.saturating_add(1);
+            h.unreported_min_idle = h.unreported_min_idle.min(idle);
         }
         let i = self.header.free;
         self.header.free = self.slots.get(i as usize)?.chain;
@@ -263,6 +392,7 @@ impl<'a> SlotTable<'a> {
         s.renewed_at = secs32(rec.renewed_at);
         s.ip = rec.ip;
         s.user_agent = rec.user_agent;
+        s.version = rec.hashes.version();
         s.expires = secs32(expires);
     }
 
@@ -275,15 +405,107 @@ impl<'a> SlotTable<'a> {
             renewed_at: s.renewed_at.into(),
             ip: s.ip,
             user_agent: s.user_agent,
+            hashes: BindingHashes::from_version(s.version).unwrap_or(BindingHashes::Legacy),
         })
+    }
+
+    /// Checks the table's structure: both LRU lists (links, ends, lengths, segment tags),
+    /// the free list, the bucket chains (every record in its key's bucket, once), the
+    /// protected cap, and that no slot is in two places. For tests and fuzzing: it walks
+    /// the whole table.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let n = self.slots.len();
+        // Where each slot was found: 0 nowhere yet, else its segment + 1.
+        let mut seen = vec![0u8; n];
+        for segment in [PROBATION, PROTECTED] {
+            let list = self.header.lists[segment as usize];
+            let (mut i, mut prev, mut len) = (list.head, NIL, 0u32);
+            while i != NIL {
+                let s = self
+                    .slots
+                    .get(i as usize)
+                    .ok_or(format!("segment {segment}: bad index {i}"))?;
+                if seen[i as usize] != 0 {
+                    return Err(format!("slot {i} twice in the lists (segment {segment})"));
+                }
+                seen[i as usize] = segment + 1;
+                if s.segment != segment {
+                    return Err(format!("slot {i} in list {segment} tagged {}", s.segment));
+                }
+                if s.prev != prev {
+                    return Err(format!("slot {i}: prev {} instead of {prev}", s.prev));
+                }
+                len += 1;
+                prev = i;
+                i = s.next;
+            }
+            if list.tail != prev {
+                return Err(format!("segment {segment}: tail {} instead of {prev}", list.tail));
+            }
+            if list.len != len {
+                return Err(format!("segment {segment}: len {} but {len} linked", list.len));
+            }
+        }
+        let mut i = self.header.free;
+        let mut free = 0usize;
+        while i != NIL {
+            let s = self.slots.get(i as usize).ok_or(format!("free list: bad index {i}"))?;
+            if seen[i as usize] != 0 {
+                return Err(format!("slot {i} free and in use, or twice free"));
+            }
+            if s.segment != FREE {
+                return Err(format!("free slot {i} tagged {}", s.segment));
+            }
+            seen[i as usize] = FREE + 1;
+            free += 1;
+            i = s.chain;
+        }
+        if let Some(i) = seen.iter().position(|&w| w == 0) {
+            return Err(format!("slot {i} is nowhere"));
+        }
+        if free + self.len() != n {
+            return Err(format!("{free} free + {} stored != {n} slots", self.len()));
+        }
+        let protected = self.header.lists[PROTECTED as usize].len;
+        if protected > self.protected_cap() {
+            return Err(format!("{protected} protected > cap {}", self.protected_cap()));
+        }
+        let mut chained = vec![false; n];
+        let mut total = 0usize;
+        for (b, &first) in self.buckets.iter().enumerate() {
+            let mut i = first;
+            while i != NIL {
+                let s = self.slots.get(i as usize).ok_or(format!("bucket {b}: bad index {i}"))?;
+                if chained[i as usize] {
+                    return Err(format!("slot {i} twice in the bucket chains"));
+                }
+                chained[i as usize] = true;
+                if s.segment == FREE {
+                    return Err(format!("free slot {i} in bucket {b}"));
+                }
+                if self.bucket_of(&StoreKey(s.key)) != b {
+                    return Err(format!("slot {i} in bucket {b}, not its key's"));
+                }
+                total += 1;
+                i = s.chain;
+            }
+        }
+        if total != self.len() {
+            return Err(format!("{total} chained != {} stored", self.len()));
+        }
+        if let Some((key, i)) = self.cached {
+            if self.slots.get(i as usize).is_none_or(|s| s.segment == FREE || s.key != key.0) {
+                return Err(format!("cached slot {i} does not hold the cached key"));
+            }
+        }
+        Ok(())
     }
 }
 
 impl Table for SlotTable<'_> {
     fn get(&mut self, key: &StoreKey, _now: u64) -> Option<Record> {
         let i = self.find(key)?;
-        self.unlink_lru(i);
-        self.push_front(i, PROTECTED);
+        self.protect(i);
         self.read(i)
     }
 
@@ -299,7 +521,7 @@ impl Table for SlotTable<'_> {
             return Err(StoreError::Exists);
         }
         self.expire_some(now);
-        let i = self.take_slot().ok_or(StoreError::Unavailable)?;
+        let i = self.take_slot(now).ok_or(StoreError::Unavailable)?;
         let b = self.bucket_of(key);
         let (Some(&head), Some(slot)) = (self.buckets.get(b), self.slots.get_mut(i as usize))
         else {
@@ -311,8 +533,11 @@ impl Table for SlotTable<'_> {
             *first = i;
         }
         self.write(i, rec, expires);
-        self.push_front(i, if established { PROTECTED } else { PROBATION });
-        self.header.count += 1;
+        if established {
+            self.protect(i);
+        } else {
+            self.push_front(i, PROBATION);
+        }
         self.cached = Some((*key, i));
         Ok(())
     }
@@ -358,7 +583,7 @@ mod tests {
     }
 
     fn rec(t: u64) -> Record {
-        Record { created: t, issued: t, last_seen: t, renewed_at: 0, ip: 1, user_agent: 2 }
+        Record { created: t, issued: t, last_seen: t, ip: 1, user_agent: 2, ..Record::default() }
     }
 
     fn key(n: u32) -> StoreKey {
@@ -434,14 +659,176 @@ mod tests {
     fn lru_order_within_protected() {
         let mut o = Owned::new(8 * 1024);
         let mut t = o.table();
-        let cap = t.capacity() as u32;
+        let cap = t.protected_cap();
         for n in 0..cap {
             t.insert(&key(n), &rec(0), 10_000, true, 0).unwrap();
         }
         t.get(&key(0), 0).unwrap(); // 0 is now the most recent; 1 the oldest
-        t.insert(&key(9999), &rec(0), 10_000, false, 0).unwrap();
+                                    // One more protected record: protected's oldest (1) is demoted, next to go.
+        t.insert(&key(9998), &rec(0), 10_000, true, 0).unwrap();
+        t.check_invariants().unwrap();
+        for n in 9999..9999 + t.capacity() as u32 - cap {
+            t.insert(&key(n), &rec(0), 10_000, false, 0).unwrap();
+        }
+        t.check_invariants().unwrap();
+        assert!(t.get(&key(1), 0).is_none(), "demoted record outlived the newcomers");
         assert!(t.get(&key(0), 0).is_some());
-        assert!(t.get(&key(1), 0).is_none());
+        assert!(t.get(&key(2), 0).is_some());
+    }
+
+    /// The attack of issue 8: clients that return each cookie once. Before the protected
+    /// segment was capped they filled it with the whole table, and each newcomer was
+    /// evicted by the next one.
+    #[test]
+    fn newcomers_survive_clients_that_return_each_cookie_once() {
+        let mut o = Owned::new(32 * 1024);
+        let mut t = o.table();
+        let cap = t.capacity() as u32;
+        let guaranteed = cap - t.protected_cap() - 1;
+        assert!(guaranteed + 1 >= cap / 5, "{guaranteed} of {cap}");
+        for n in 0..2 * cap {
+            t.insert(&key(n), &rec(0), 10_000, false, 0).unwrap();
+            t.get(&key(n), 0).unwrap();
+        }
+        t.check_invariants().unwrap();
+        assert_eq!(t.header.lists[PROTECTED as usize].len, t.protected_cap());
+        let a = key(1_000_000);
+        t.insert(&a, &rec(0), 10_000, false, 0).unwrap();
+        // The attacker goes on: a new record, returned once, for every newer arrival.
+        for n in 0..guaranteed {
+            t.insert(&key(2 * cap + n), &rec(0), 10_000, false, 0).unwrap();
+            t.get(&key(2 * cap + n), 0).unwrap();
+        }
+        t.check_invariants().unwrap();
+        assert!(t.get(&a, 0).is_some(), "newcomer evicted within {guaranteed} insertions");
+    }
+
+    /// The bound of `protected_cap`'s comment, against an adversary that does anything:
+    /// promote any record (older or newer than X), insert new or established records,
+    /// remove records. X is never evicted before `capacity - cap - 1` newer insertions.
+    #[test]
+    fn newcomer_survival_bound_holds_against_random_adversaries() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..40u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut o = Owned::new(4 * 1024 + (seed as usize % 7) * 512);
+            let mut t = o.table();
+            let cap = t.capacity() as u32;
+            let guaranteed = cap - t.protected_cap() - 1;
+            // A random start: some records in use, some not, some gone.
+            let mut next = 0u32;
+            for _ in 0..rng.gen_range(0..3 * cap) {
+                t.insert(&key(next), &rec(0), 10_000, rng.gen_bool(0.2), 0).unwrap();
+                if rng.gen_bool(0.6) {
+                    t.get(&key(rng.gen_range(0..=next)), 0);
+                }
+                if rng.gen_bool(0.05) {
+                    t.remove(&key(rng.gen_range(0..=next)));
+                }
+                next += 1;
+            }
+            let x = key(u32::MAX - 1);
+            t.insert(&x, &rec(0), 10_000, false, 0).unwrap();
+            let mut insertions = 0;
+            while insertions < guaranteed {
+                match rng.gen_range(0..10) {
+                    0..=3 => {
+                        t.get(&key(rng.gen_range(0..=next)), 0);
+                    }
+                    4 => t.remove(&key(rng.gen_range(0..=next))),
+                    _ => {
+                        t.insert(&key(next), &rec(0), 10_000, rng.gen_bool(0.3), 0).unwrap();
+                        next += 1;
+                        insertions += 1;
+                    }
+                }
+                // `find`, not `get`: looking X up must not promote it.
+                assert!(t.find(&x).is_some(), "seed {seed}: X evicted after {insertions}");
+                t.cached = None;
+            }
+            t.check_invariants().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        }
+    }
+
+    #[test]
+    fn random_operations_keep_the_invariants() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..20u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut o = Owned::new(2 * 1024 + seed as usize * 300);
+            let mut t = o.table();
+            let mut now = 1000u64;
+            for step in 0..3000 {
+                let k = key(rng.gen_range(0..300));
+                match rng.gen_range(0..8) {
+                    0..=2 => {
+                        let expires = now + rng.gen_range(0..20);
+                        let _ = t.insert(&k, &rec(now), expires, rng.gen_bool(0.3), now);
+                    }
+                    3 | 4 => {
+                        t.get(&k, now);
+                    }
+                    5 => t.update(&k, &rec(now), now + 10),
+                    6 => t.remove(&k),
+                    _ => now += rng.gen_range(0..5),
+                }
+                t.check_invariants().unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn evictions_are_counted_and_reported_once_a_minute() {
+        let mut o = Owned::new(8 * 1024);
+        let mut t = o.table();
+        let cap = t.capacity() as u32;
+        assert_eq!(t.eviction_report(1000), None);
+        for n in 0..cap {
+            t.insert(&key(n), &rec(1000 + u64::from(n)), 100_000, false, 1000 + u64::from(n))
+                .unwrap();
+        }
+        assert_eq!((t.evictions_total(), t.eviction_report(2000)), (0, None));
+        // Two evictions at 3000: records last seen at 1000 and 1001.
+        t.insert(&key(cap), &rec(3000), 100_000, false, 3000).unwrap();
+        t.insert(&key(cap + 1), &rec(3000), 100_000, false, 3000).unwrap();
+        assert_eq!(t.evictions_total(), 2);
+        // The first report comes at once.
+        let r = t.eviction_report(3000).unwrap();
+        assert_eq!(r, EvictionReport { since: 3000, evictions: 2, min_idle_age: 1999 });
+        assert_eq!(t.eviction_report(3000), None, "reported already");
+        t.insert(&key(cap + 2), &rec(3010), 100_000, false, 3010).unwrap();
+        assert_eq!(t.eviction_report(3059), None, "within the minute");
+        let r = t.eviction_report(3060).unwrap();
+        assert_eq!(r, EvictionReport { since: 3010, evictions: 1, min_idle_age: 2010 - 2 });
+        assert_eq!(t.eviction_report(4000), None, "nothing new");
+        assert_eq!(t.evictions_total(), 3);
+        // Expiry and removal are not evictions.
+        t.remove(&key(cap));
+        t.insert(&key(cap + 3), &rec(4000), 100_000, false, 4000).unwrap();
+        assert_eq!(t.evictions_total(), 3);
+    }
+
+    #[test]
+    fn corrupted_header_degrades_without_panics() {
+        let mut o = Owned::new(8 * 1024);
+        {
+            let mut t = o.table();
+            for n in 0..50 {
+                t.insert(&key(n), &rec(0), 10_000, n % 2 == 0, 0).unwrap();
+            }
+        }
+        o.header.lists[PROBATION as usize].len = 0;
+        o.header.lists[PROTECTED as usize].len = u32::MAX;
+        o.header.lists[PROBATION as usize].tail = 12_345;
+        o.buckets[0] = 99_999;
+        let mut t = o.table();
+        assert!(t.check_invariants().is_err());
+        for n in 0..500 {
+            let _ = t.insert(&key(n), &rec(0), 10_000, n % 3 == 0, 0);
+            t.get(&key(n / 2), 0);
+            t.remove(&key(n / 3));
+        }
+        let _ = t.len();
     }
 
     #[test]
@@ -464,7 +851,7 @@ mod tests {
         let signer = Signer::new(b"0123456789abcdef0123456789abcdef");
         let policy =
             Policy { idle: 30, rolling: 60, absolute: 300, check_ip: true, check_user_agent: true };
-        let alice = Client { ip: 1, user_agent: 2 };
+        let alice = Client::hashed(1, 2);
         let e = evaluate(&mut t, Incoming::Absent, &signer, 1000, &policy, &alice);
         let id = e.id.unwrap();
         assert_eq!(
@@ -478,6 +865,21 @@ mod tests {
         let e = evaluate(&mut t, Incoming::Verified(id), &signer, 1061, &policy, &alice);
         assert_eq!(e.status, Status::Renewed);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn slots_keep_the_record_version() {
+        let mut o = Owned::new(8 * 1024);
+        let mut t = o.table();
+        let legacy = Record { hashes: BindingHashes::Legacy, ..rec(5) };
+        t.insert(&key(1), &legacy, 10_000, false, 0).unwrap();
+        t.insert(&key(2), &rec(5), 10_000, false, 0).unwrap();
+        assert_eq!(t.get(&key(1), 0), Some(legacy));
+        assert_eq!(t.get(&key(2), 0).unwrap().hashes, BindingHashes::Keyed);
+        // A slot written before versions existed (pad byte 0) holds legacy hashes.
+        let i = t.find(&key(2)).unwrap();
+        t.slots[i as usize].version = 0;
+        assert_eq!(t.get(&key(2), 0).unwrap().hashes, BindingHashes::Legacy);
     }
 
     #[test]
