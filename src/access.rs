@@ -162,6 +162,11 @@ unsafe fn start_redis(
         return Status::NGX_ERROR.into();
     };
     let ctx = ctx.as_ptr();
+    // Every command of this evaluation (identity, session, follow-ups) shares one budget.
+    // SAFETY: the context was just created; its waiter is live.
+    unsafe {
+        redis::Waiter::limit_total(ptr::addr_of_mut!((*ctx).waiter), upstream.request_budget())
+    };
     // SAFETY: `r` is live (the caller's contract).
     let req = unsafe { &*r };
     let sent = if identity::needs_fetch(res, now_secs()) {

@@ -2,14 +2,19 @@
 //! connection, then the caller's command; write, read a whole reply, hand it over, and go
 //! back to the keepalive pool. A connection is a `Box<Conn>` owned by whoever holds the
 //! pointer: the pool while idle, the connection itself (its events) while busy.
+//!
+//! One timer bounds a command as a whole: the read event's, armed when the command starts
+//! with its deadline and never re-armed by progress, so a Redis that drips its reply byte
+//! by byte cannot stretch it. When it fires the connection is closed (a half-read reply
+//! must never meet the next command).
 
 use core::ptr;
 
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_ERR as NGX_ERROR_ERR,
     ngx_connection_t, ngx_del_timer, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
-    ngx_exiting, ngx_handle_read_event, ngx_handle_write_event, ngx_peer_connection_t, NGX_AGAIN,
-    NGX_OK,
+    ngx_exiting, ngx_handle_read_event, ngx_handle_write_event, ngx_msec_int_t, ngx_msec_t,
+    ngx_peer_connection_t, NGX_AGAIN, NGX_OK,
 };
 
 use super::worker::{self, cycle_log};
@@ -48,6 +53,9 @@ pub(super) struct Conn {
     reused: bool,
     /// The TCP handshake is still in progress: the first write event says it finished.
     connecting: bool,
+    /// When the command in flight must be over (`ngx_current_msec` clock), setup and a
+    /// retry on a fresh connection included.
+    deadline: ngx_msec_t,
 }
 
 /// Whether a pooled connection was closed by NGINX meanwhile.
@@ -68,11 +76,25 @@ pub(super) unsafe fn free(conn: *mut Conn) {
     drop(unsafe { Box::from_raw(conn) });
 }
 
-/// Starts the waiter's command on `conn` (fresh, or `reused` from the pool).
+/// Milliseconds until `deadline`; 0 once it has passed.
+fn time_left(deadline: ngx_msec_t) -> ngx_msec_t {
+    // The clock's difference read signed, as NGINX's timers do.
+    (deadline.wrapping_sub(worker::now()) as ngx_msec_int_t).max(0) as ngx_msec_t
+}
+
+/// Starts the waiter's command on `conn` (fresh, or `reused` from the pool); it fails as
+/// timed out unless its reply is in by `deadline`.
 ///
 /// # Safety
-/// `conn` is live and owned by the caller; `waiter` as in [`super::execute`].
-pub(super) unsafe fn start(conn: *mut Conn, command: Vec<u8>, waiter: *mut Waiter, reused: bool) {
+/// `conn` is live and owned by the caller, with no timer set; `waiter` as in
+/// [`super::execute`].
+pub(super) unsafe fn start(
+    conn: *mut Conn,
+    command: Vec<u8>,
+    waiter: *mut Waiter,
+    reused: bool,
+    deadline: ngx_msec_t,
+) {
     // SAFETY: the caller's contract; the connection's events belong to it.
     unsafe {
         debug!("sessions redis: command on a {} connection", if reused { "pooled" } else { "new" });
@@ -86,12 +108,13 @@ pub(super) unsafe fn start(conn: *mut Conn, command: Vec<u8>, waiter: *mut Waite
         (*conn).command = command;
         (*conn).input.clear();
         (*conn).phase = if reused { Phase::Command } else { Phase::Setup(0) };
+        (*conn).deadline = deadline;
         load_next(conn);
+        // The one timer of the command (handshake, setup, write, reply): see `on_read`.
+        ngx::ffi::ngx_add_timer((*c).read, time_left(deadline));
         let wev = (*c).write;
-        if (*conn).connecting {
-            // The write event fires when the handshake ends (or fails); bound the wait.
-            ngx::ffi::ngx_add_timer(wev, (*(*conn).upstream).timeout);
-        } else {
+        // While connecting, the write event fires when the handshake ends (or fails).
+        if !(*conn).connecting {
             // Write from a posted event, not inline: the caller must never see `done`
             // before `execute` returns.
             (*wev).set_ready(1);
@@ -136,6 +159,7 @@ pub(super) unsafe fn connect(upstream: &Upstream) -> Result<*mut Conn, Failure> 
         waiter: ptr::null_mut(),
         reused: false,
         connecting: false,
+        deadline: 0,
     }));
     // SAFETY: `conn` was just allocated; the address and name live in the configuration.
     unsafe {
@@ -178,11 +202,6 @@ unsafe extern "C" fn on_write(wev: *mut ngx_event_t) {
     // SAFETY: NGINX calls this with the write event of a connection we made.
     unsafe {
         let conn = conn_of(wev);
-        if (*wev).timedout() != 0 {
-            let f = if (*conn).connecting { Failure::Connect } else { Failure::Timeout };
-            fail(conn, f);
-            return;
-        }
         (*conn).connecting = false;
         flush(conn);
     }
@@ -196,7 +215,6 @@ unsafe fn flush(conn: *mut Conn) {
     // SAFETY: the caller's contract; `c` is the connection's live NGINX connection.
     unsafe {
         let c = (*conn).pc.connection;
-        let up = &*(*conn).upstream;
         let Some(send) = (*c).send else {
             fail(conn, Failure::Closed);
             return;
@@ -207,9 +225,6 @@ unsafe fn flush(conn: *mut Conn) {
             if n > 0 {
                 (*conn).sent += n as usize;
             } else if n == NGX_AGAIN as isize {
-                if (*(*c).write).timer_set() == 0 {
-                    ngx::ffi::ngx_add_timer((*c).write, up.timeout);
-                }
                 if ngx_handle_write_event((*c).write, 0) != NGX_OK as isize {
                     fail(conn, Failure::Closed);
                 }
@@ -220,10 +235,6 @@ unsafe fn flush(conn: *mut Conn) {
                 return;
             }
         }
-        if (*(*c).write).timer_set() != 0 {
-            ngx_del_timer((*c).write);
-        }
-        ngx::ffi::ngx_add_timer((*c).read, up.timeout);
         if ngx_handle_read_event((*c).read, 0) != NGX_OK as isize {
             fail(conn, Failure::Closed);
             return;
@@ -240,7 +251,9 @@ unsafe extern "C" fn on_read(rev: *mut ngx_event_t) {
     unsafe {
         let conn = conn_of(rev);
         if (*rev).timedout() != 0 {
-            fail(conn, Failure::Timeout);
+            // The command's deadline, whatever it was waiting for.
+            let f = if (*conn).connecting { Failure::Connect } else { Failure::Timeout };
+            fail(conn, f);
             return;
         }
         read_reply(conn);
@@ -286,9 +299,6 @@ unsafe fn read_reply(conn: *mut Conn) {
             }
             Parsed::Garbage => fail(conn, Failure::Protocol),
             Parsed::Complete(reply) => {
-                if (*(*c).read).timer_set() != 0 {
-                    ngx_del_timer((*c).read);
-                }
                 (*conn).input.clear();
                 on_reply(conn, reply);
             }
@@ -343,16 +353,17 @@ unsafe fn fail(conn: *mut Conn, f: Failure) {
     unsafe {
         debug!("sessions redis: {}", f.as_str());
         let waiter = core::mem::replace(&mut (*conn).waiter, ptr::null_mut());
-        let reused = (*conn).reused;
+        let (reused, deadline) = ((*conn).reused, (*conn).deadline);
         let command = core::mem::take(&mut (*conn).command);
         let upstream = &*(*conn).upstream;
         close(conn);
         if waiter.is_null() {
             return;
         }
-        if reused && matches!(f, Failure::Closed | Failure::Protocol) {
+        // The retry is the same command: same deadline, and only while time is left.
+        if reused && matches!(f, Failure::Closed | Failure::Protocol) && time_left(deadline) > 0 {
             if let Ok(fresh) = connect(upstream) {
-                start(fresh, command, waiter, false);
+                start(fresh, command, waiter, false, deadline);
                 return;
             }
         }
@@ -372,6 +383,9 @@ unsafe fn release(conn: *mut Conn) {
     unsafe {
         let c = (*conn).pc.connection;
         let keep = (*(*conn).upstream).keepalive;
+        if (*(*c).read).timer_set() != 0 {
+            ngx_del_timer((*c).read);
+        }
         if ngx_exiting != 0 || (*(*c).read).ready() != 0 {
             close(conn);
             return;

@@ -17,7 +17,7 @@ mod worker;
 use core::ffi::c_void;
 use core::ptr;
 
-use ngx::ffi::{ngx_msec_t, ngx_str_t, sockaddr, socklen_t};
+use ngx::ffi::{ngx_msec_int_t, ngx_msec_t, ngx_str_t, sockaddr, socklen_t};
 
 use crate::redis_flow::Reply;
 use conn::Conn;
@@ -32,6 +32,7 @@ pub(crate) struct Upstream {
     pub(crate) name: ngx_str_t,
     /// `AUTH` / `SELECT` sent on every new connection.
     pub(crate) setup: Vec<Vec<u8>>,
+    /// The most one command may take as a whole: connect, write, the complete reply.
     pub(crate) timeout: ngx_msec_t,
     pub(crate) keepalive: usize,
 }
@@ -39,6 +40,11 @@ pub(crate) struct Upstream {
 impl Upstream {
     fn name(&self) -> &str {
         core::str::from_utf8(self.name.as_bytes()).unwrap_or("redis")
+    }
+
+    /// The most the commands of one request may take together (SPEC: twice the timeout).
+    pub(crate) fn request_budget(&self) -> ngx_msec_t {
+        self.timeout.saturating_mul(2)
     }
 }
 
@@ -80,11 +86,25 @@ pub(crate) struct Waiter {
     conn: *mut Conn,
     done: Done,
     data: *mut c_void,
+    /// When the commands sent through this waiter must all be over (`ngx_current_msec`
+    /// clock), if [`Waiter::limit_total`] was called.
+    deadline: Option<ngx_msec_t>,
 }
 
 impl Waiter {
     pub(crate) const fn new(done: Done, data: *mut c_void) -> Self {
-        Waiter { conn: ptr::null_mut(), done, data }
+        Waiter { conn: ptr::null_mut(), done, data, deadline: None }
+    }
+
+    /// The commands sent through this waiter from now on take at most `budget` together:
+    /// each one gets the timeout or what is left of the budget, whichever is less, and
+    /// one started with nothing left fails at once as a timeout.
+    ///
+    /// # Safety
+    /// `this` points to a live waiter.
+    pub(crate) unsafe fn limit_total(this: *mut Waiter, budget: ngx_msec_t) {
+        // SAFETY: the caller's contract.
+        unsafe { (*this).deadline = Some(worker::now().wrapping_add(budget)) };
     }
 
     /// Forgets the command in flight; its connection is closed (its reply would be
@@ -134,6 +154,12 @@ pub(crate) unsafe fn execute(
     if !worker::admit() {
         return Err(Failure::Down);
     }
+    // SAFETY: the caller's contract on `waiter`.
+    let Some(deadline) = command_deadline(upstream, unsafe { (*waiter).deadline }) else {
+        // The request's budget is spent: a timeout like any other (breaker included).
+        worker::mark_down(upstream, Failure::Timeout.as_str());
+        return Err(Failure::Timeout);
+    };
     // SAFETY: the caller's contract on `upstream` and `waiter`; pooled connections are
     // live and owned by the pool until popped.
     unsafe {
@@ -142,12 +168,31 @@ pub(crate) unsafe fn execute(
                 conn::free(conn);
                 continue;
             }
-            conn::start(conn, command, waiter, true);
+            conn::start(conn, command, waiter, true, deadline);
             return Ok(());
         }
         let conn =
             conn::connect(upstream).inspect_err(|&f| worker::mark_down(upstream, f.as_str()))?;
-        conn::start(conn, command, waiter, false);
+        conn::start(conn, command, waiter, false, deadline);
     }
     Ok(())
+}
+
+/// When a command starting now must be over: once the timeout has passed, or at the
+/// request's deadline if that comes first. `None` when the request has no time left.
+fn command_deadline(
+    upstream: &Upstream,
+    request_deadline: Option<ngx_msec_t>,
+) -> Option<ngx_msec_t> {
+    let now = worker::now();
+    let mut budget = upstream.timeout;
+    if let Some(deadline) = request_deadline {
+        // The clock's difference read signed, as NGINX's timers do.
+        let left = deadline.wrapping_sub(now) as ngx_msec_int_t;
+        if left <= 0 {
+            return None;
+        }
+        budget = budget.min(left as ngx_msec_t);
+    }
+    Some(now.wrapping_add(budget))
 }

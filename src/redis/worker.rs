@@ -35,7 +35,7 @@ fn with_worker<R>(f: impl FnOnce(&mut Worker) -> R) -> R {
     f(unsafe { &mut *WORKER.0.get() })
 }
 
-fn now() -> ngx_msec_t {
+pub(super) fn now() -> ngx_msec_t {
     // SAFETY: NGINX updates the cached time on the worker's own thread.
     unsafe { ngx_current_msec }
 }
