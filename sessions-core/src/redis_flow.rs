@@ -303,14 +303,12 @@ impl Flow {
     fn apply(&mut self, id: SessionId, rec: Record, signer: &Signer) -> Step {
         let (now, policy) = (self.now, self.policy);
         match decide(&rec, now, &policy, &self.client) {
-            Verdict::Valid { touch: false } => {
-                self.done(Evaluation {
-                    status: Status::Valid,
-                    id: Some(id),
-                    set_cookie: false,
-                    renewal: false,
-                })
-            }
+            Verdict::Valid { touch: false } => self.done(Evaluation {
+                status: Status::Valid,
+                id: Some(id),
+                set_cookie: false,
+                renewal: false,
+            }),
             Verdict::Valid { touch: true } => {
                 self.attempts += 1;
                 if self.attempts > MAX_ATTEMPTS {

@@ -362,9 +362,7 @@ fn start<T: Table>(
     for _ in 0..NEW_ID_ATTEMPTS {
         let id = SessionId::random();
         match table.insert(&id.store_key(), &rec, rec.expires_at(policy), false, now) {
-            Ok(()) => {
-                return Evaluation { status, id: Some(id), set_cookie: true, renewal: false }
-            }
+            Ok(()) => return Evaluation { status, id: Some(id), set_cookie: true, renewal: false },
             Err(StoreError::Exists) => continue,
             Err(StoreError::Unavailable) => break,
         }
@@ -490,7 +488,12 @@ mod tests {
             let e2 = again(&mut t, id, 1060 + dt, &ALICE);
             assert_eq!(
                 e2,
-                Evaluation { status: Status::Renewed, id: Some(next), set_cookie: true, renewal: false }
+                Evaluation {
+                    status: Status::Renewed,
+                    id: Some(next),
+                    set_cookie: true,
+                    renewal: false
+                }
             );
         }
         assert_eq!(again(&mut t, next, 1065, &ALICE).status, Status::Valid);
