@@ -21,6 +21,7 @@ use crate::cookie::{CookieCollector, Incoming};
 use crate::ctx::{self, RequestCtx};
 use crate::identity::{self, Identity};
 use crate::log::{self, debug_http};
+use crate::metrics;
 use crate::redis::{self, Failure, Upstream};
 use crate::redis_flow::{Flow, Reply, Step};
 use crate::session::{self, Client, Evaluation};
@@ -136,6 +137,7 @@ unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         kind(incoming)
     );
     log::outcome(log::request_log(req), &eval, incoming);
+    metrics::evaluated(mcf, &eval);
     if eval.status == session::Status::Error {
         log::store_full(log::request_log(req));
     }
@@ -187,6 +189,8 @@ unsafe fn start_redis(
     if !sent {
         // Decided without waiting (or Redis is down): no suspension.
         debug_http!(req, "sessions redis: decided without waiting");
+        // SAFETY: the context was created above and lives as long as the request.
+        metrics::evaluated(mcf, unsafe { &(*ctx).eval });
         return Status::NGX_DECLINED.into();
     }
     debug_http!(req, "sessions redis: request suspended");
@@ -302,6 +306,10 @@ unsafe fn redis_done(data: *mut c_void, reply: Result<Reply, Failure>) {
     // SAFETY: as above; the command that answered is no longer in flight.
     if unsafe { session_step(ctx, if identity_reply { None } else { Some(reply) }) } {
         return;
+    }
+    if let Some(mcf) = Module::main_conf(req) {
+        // SAFETY: as above; nothing else borrows the context meanwhile.
+        metrics::evaluated(mcf, unsafe { &(*ctx).eval });
     }
     // Decided. Resume from a posted event, not from inside the Redis connection's handler;
     // the request stays `waiting` until then, so that a phase run in between (a write

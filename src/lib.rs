@@ -14,6 +14,7 @@
 //! - `access.rs`: the access phase that evaluates the session (shm, or Redis with resume);
 //! - `filter.rs`: the header filter that sets the cookie;
 //! - `variables.rs`: `$session_*`;
+//! - `metrics.rs`: `sessions_metrics` and the calls that feed its counters;
 //! - `log.rs`: fingerprints, outcome lines, rate-limited lines, debug lines.
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -28,6 +29,7 @@ mod ctx;
 mod filter;
 mod identity;
 mod log;
+mod metrics;
 mod redis;
 mod shm;
 mod variables;

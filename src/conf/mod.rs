@@ -129,6 +129,8 @@ pub(crate) struct Resolved {
 #[derive(Default)]
 pub(crate) struct LocConf {
     enabled: Option<Setting<bool>>,
+    /// `sessions_metrics`: the location answers with the metrics (not inherited).
+    metrics: Option<Setting<()>>,
 }
 
 impl Level for LocConf {
@@ -136,8 +138,10 @@ impl Level for LocConf {
 }
 
 impl LocConf {
+    /// Sessions are evaluated here. Never in a `sessions_metrics` location: a scraper is
+    /// not a visitor, and each scrape would start a session.
     pub(crate) fn enabled(&self) -> bool {
-        self.enabled.is_some_and(|s| s.value)
+        self.enabled.is_some_and(|s| s.value) && self.metrics.is_none()
     }
 }
 
