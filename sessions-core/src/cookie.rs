@@ -447,6 +447,8 @@ pub enum Secure {
 #[derive(Debug, PartialEq, Eq)]
 pub enum AttrError {
     NameNotToken,
+    /// A `$` in the name or an attribute: they are literal, variables are not expanded.
+    Variable(&'static str),
     BadAttributeChar(&'static str),
     AttributeTooLong(&'static str),
     PathNotAbsolute,
@@ -462,6 +464,10 @@ impl std::fmt::Display for AttrError {
             AttrError::NameNotToken => {
                 f.write_str("cookie name must be an RFC 6265 token (letters, digits, !#$%&'*+-.^_`|~)")
             }
+            AttrError::Variable(what) => write!(
+                f,
+                "cookie {what} must not contain \"$\": it is literal, variables are not expanded"
+            ),
             AttrError::BadAttributeChar(what) => {
                 write!(f, "cookie {what} must not contain control characters, spaces, \";\" or \",\"")
             }
@@ -485,7 +491,8 @@ impl std::fmt::Display for AttrError {
     }
 }
 
-/// Checks a cookie attribute value (Domain, Path) for what would break the header.
+/// Checks a cookie attribute value (Domain, Path) for what would break the header, and
+/// for a `$` that suggests a variable (attributes are sent as written).
 pub fn check_attribute(value: &[u8], what: &'static str) -> Result<(), AttrError> {
     if value.len() > 1024 {
         return Err(AttrError::AttributeTooLong(what));
@@ -493,7 +500,28 @@ pub fn check_attribute(value: &[u8], what: &'static str) -> Result<(), AttrError
     if value.iter().any(|&c| c <= b' ' || c == 0x7f || c == b';' || c == b',') {
         return Err(AttrError::BadAttributeChar(what));
     }
+    if value.contains(&b'$') {
+        return Err(AttrError::Variable(what));
+    }
     Ok(())
+}
+
+/// Checks a configured cookie name: an RFC 6265 token of at most 255 bytes, without `$`
+/// (a token character, but in `nginx.conf` it reads as a variable that is never expanded).
+pub fn check_name(name: &[u8]) -> Result<(), AttrError> {
+    if !is_token(name) || name.len() > 255 {
+        return Err(AttrError::NameNotToken);
+    }
+    if name.contains(&b'$') {
+        return Err(AttrError::Variable("name"));
+    }
+    Ok(())
+}
+
+/// Whether `name` starts with `prefix`, ignoring ASCII case (as browsers match the
+/// `__Host-` and `__Secure-` prefixes).
+fn has_prefix_ignore_case(name: &[u8], prefix: &[u8]) -> bool {
+    name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix))
 }
 
 /// The attributes that follow `name=value` in every `Set-Cookie`, validated once.
@@ -511,9 +539,7 @@ impl CookieAttrs {
     /// `auto` where the name or SameSite demands Secure on every request.
     pub fn validate(&mut self, name: Option<&[u8]>) -> Result<(), AttrError> {
         if let Some(name) = name {
-            if !is_token(name) || name.len() > 255 {
-                return Err(AttrError::NameNotToken);
-            }
+            check_name(name)?;
         }
         if let Some(domain) = &self.domain {
             check_attribute(domain, "domain")?;
@@ -522,8 +548,8 @@ impl CookieAttrs {
         if !self.path.starts_with(b"/") {
             return Err(AttrError::PathNotAbsolute);
         }
-        let host = name.is_some_and(|n| n.starts_with(b"__Host-"));
-        let secure_prefix = host || name.is_some_and(|n| n.starts_with(b"__Secure-"));
+        let host = name.is_some_and(|n| has_prefix_ignore_case(n, b"__Host-"));
+        let secure_prefix = host || name.is_some_and(|n| has_prefix_ignore_case(n, b"__Secure-"));
         if host && self.domain.is_some() {
             return Err(AttrError::HostPrefixWithDomain);
         }
@@ -858,10 +884,62 @@ mod tests {
         let mut a = base.clone();
         a.path = b"app".to_vec();
         assert_eq!(a.validate(Some(b"s")), Err(AttrError::PathNotAbsolute));
-        let mut a = base;
+        let mut a = base.clone();
         a.domain = Some(b"a.example".to_vec());
         a.validate(Some(b"sid")).unwrap();
         assert_eq!(a.suffix(), b"; Domain=a.example; Path=/; HttpOnly; SameSite=Lax".to_vec());
+    }
+
+    #[test]
+    fn dollar_is_refused_everywhere() {
+        let base = CookieAttrs {
+            domain: None,
+            path: b"/".to_vec(),
+            samesite: SameSite::Lax,
+            secure: Secure::Auto,
+        };
+        let mut a = base.clone();
+        a.domain = Some(b"$host".to_vec());
+        assert_eq!(a.validate(Some(b"s")), Err(AttrError::Variable("domain")));
+        let mut a = base.clone();
+        a.path = b"/$uri".to_vec();
+        assert_eq!(a.validate(Some(b"s")), Err(AttrError::Variable("path")));
+        assert_eq!(base.clone().validate(Some(b"s$id")), Err(AttrError::Variable("name")));
+        assert_eq!(check_name(b"$cookie"), Err(AttrError::Variable("name")));
+        assert_eq!(check_attribute(b"a.example$", "domain"), Err(AttrError::Variable("domain")));
+        assert!(AttrError::Variable("domain").to_string().contains("variables are not expanded"));
+        check_name(b"sid").unwrap();
+    }
+
+    #[test]
+    fn prefixes_match_ignoring_case() {
+        let base = CookieAttrs {
+            domain: None,
+            path: b"/".to_vec(),
+            samesite: SameSite::Lax,
+            secure: Secure::Auto,
+        };
+        for name in [&b"__host-s"[..], b"__HOST-s", b"__Host-s", b"__hOsT-s"] {
+            let mut a = base.clone();
+            a.domain = Some(b"x.example".to_vec());
+            assert_eq!(a.validate(Some(name)), Err(AttrError::HostPrefixWithDomain));
+            let mut a = base.clone();
+            a.path = b"/app".to_vec();
+            assert_eq!(a.validate(Some(name)), Err(AttrError::HostPrefixWithPath));
+            let mut a = base.clone();
+            a.validate(Some(name)).unwrap();
+            assert_eq!(a.secure, Secure::On, "{}", String::from_utf8_lossy(name));
+        }
+        for name in [&b"__secure-s"[..], b"__SECURE-s", b"__Secure-s"] {
+            let mut a = base.clone();
+            a.secure = Secure::Off;
+            assert_eq!(a.validate(Some(name)), Err(AttrError::PrefixWithoutSecure));
+        }
+        // Not a prefix: the rules do not apply.
+        let mut a = base.clone();
+        a.path = b"/app".to_vec();
+        a.validate(Some(b"_host-s")).unwrap();
+        assert_eq!(a.secure, Secure::Auto);
     }
 
     #[test]

@@ -238,11 +238,20 @@ fn parse_name(arg: &mut Arg) -> Result<NameSetting, ConfError> {
     if v == b"random" {
         return Ok(NameSetting::Random);
     }
-    if !cookie::is_token(v) || v.len() > 255 {
-        return Err(ConfError::msg(format!(
-            "invalid cookie name \"{}\" in \"sessions_name\": it must be an RFC 6265 token (letters, digits, !#$%&'*+-.^_`|~; no spaces, \";\", \",\" or \"=\")",
-            show(v)
-        )));
+    match cookie::check_name(v) {
+        Ok(()) => {}
+        Err(cookie::AttrError::NameNotToken) => {
+            return Err(ConfError::msg(format!(
+                "invalid cookie name \"{}\" in \"sessions_name\": it must be an RFC 6265 token (letters, digits, !#%&'*+-.^_`|~; no spaces, \";\", \",\" or \"=\")",
+                show(v)
+            )));
+        }
+        Err(e) => {
+            return Err(ConfError::msg(format!(
+                "invalid cookie name \"{}\" in \"sessions_name\": {e}",
+                show(v)
+            )));
+        }
     }
     Ok(NameSetting::Fixed(v.to_vec()))
 }
