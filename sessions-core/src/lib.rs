@@ -1,12 +1,14 @@
 //! The pure logic of `ngx_http_sessions_module`: no NGINX types, no I/O, time passed in.
 //!
 //! - [`cookie`]: finding our cookie in `Cookie` headers, the signed value, `Set-Cookie`.
+//! - [`http`]: Fetch Metadata, `Cache-Control` and `Cookie` header decisions.
 //! - [`session`]: records, timeouts, binding and renewal as a state machine.
 //! - [`table`]: the shared-memory table's layout and algorithm (over plain slices).
 //! - [`redis_flow`]: the algorithm against Redis, as commands and replies.
 //! - [`redis_url`]: the `sessions_redis` URL.
 
 pub mod cookie;
+pub mod http;
 pub mod redis_flow;
 pub mod redis_url;
 pub mod session;
