@@ -77,6 +77,17 @@ fn split_directives(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// Whether a `Set-Cookie` value sets the cookie `name`, as a browser reads it (RFC 6265bis
+/// 5.7): the name is what precedes the first `=` of the part before the first `;`, with
+/// whitespace trimmed, compared byte for byte.
+pub fn sets_cookie(set_cookie: &[u8], name: &[u8]) -> bool {
+    let pair = set_cookie.split(|&c| c == b';').next().unwrap_or(b"");
+    match pair.iter().position(|&c| c == b'=') {
+        Some(eq) => trim_ows(&pair[..eq]) == name,
+        None => false,
+    }
+}
+
 /// What removing our cookie did to one `Cookie` header value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StrippedCookie {
@@ -184,6 +195,16 @@ mod tests {
         assert_eq!(cc(Some("public, max-age=10,immutable")), "private, max-age=10, immutable");
         // Names that merely start like the removed ones are kept.
         assert_eq!(cc(Some("publicity, s-maxage2=1")), "private, publicity, s-maxage2=1");
+    }
+
+    #[test]
+    fn set_cookie_names_read_as_browsers_do() {
+        for v in ["SID=x", "SID=", " SID =x; Path=/", "SID\t=x", "SID=a=b; Max-Age=0"] {
+            assert!(sets_cookie(v.as_bytes(), b"SID"), "{v}");
+        }
+        for v in ["SIDX=x", "sid=x", "xSID=x", "SID", "a=1; SID=x", "=SID", "", "S ID=x"] {
+            assert!(!sets_cookie(v.as_bytes(), b"SID"), "{v}");
+        }
     }
 
     fn strip(h: &str) -> StrippedCookie {

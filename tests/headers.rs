@@ -1,0 +1,101 @@
+//! What the module does to headers around the session (issue 8): an upstream's or
+//! `add_header`'s `Set-Cookie` for our name never reaches the client (finding 2); a
+//! response that carries our `Set-Cookie` is `Cache-Control: private` whatever `expires`
+//! or the upstream said (finding 3); `sessions_pass_cookie off` keeps our cookie from the
+//! upstream (finding 8); a cookieless cross-site request that is not a top-level GET/HEAD
+//! navigation starts no session (finding 9, SPEC step 7).
+
+mod common;
+
+use common::*;
+
+/// Locations of the test site, on top of [`site`]'s. `/backend/` stands for an
+/// application: it echoes the `Cookie` header it got and answers with a `Set-Cookie` for
+/// our name, another cookie, and a shared-cacheable `Cache-Control` in two lines.
+const LOCATIONS: &str = r#"
+        location /up/ {
+            sessions on;
+            proxy_pass http://127.0.0.1:%%PORT%%/backend/;
+        }
+        location /backend/ {
+            sessions off;
+            add_header Set-Cookie "SID=from-upstream; Path=/" always;
+            add_header Set-Cookie "other=1; Path=/" always;
+            add_header Cache-Control "public" always;
+            add_header Cache-Control "s-maxage=600, max-age=30" always;
+            return 200 "cookie=[$http_cookie]\n";
+        }
+        location /addh/ {
+            sessions on;
+            alias %%PREFIX%%/html/;
+            add_header Set-Cookie " SID =from-add-header" always;
+            add_header Cache-Control "public, max-age=60" always;
+            add_header X-Status $session_status always;
+            add_header X-Id $session_id always;
+        }
+        location /exp/ {
+            sessions on;
+            alias %%PREFIX%%/html/;
+            expires 1h;
+        }
+"#;
+
+fn headers_site(extra_http: &str) -> Nginx {
+    Nginx::start(&site(&default_http(extra_http), LOCATIONS))
+}
+
+// ---------------------------------------------------------------------------------------
+// finding 2: Set-Cookie for our name
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn upstream_set_cookie_for_our_name_never_passes() {
+    let ng = headers_site("");
+    let r = ng.get("/up/x");
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.st(), "new", "{r}");
+    let ours = r.one_cookie(SID);
+    assert_cookie_format(&ours.value);
+    assert_eq!(r.set_cookies("other").len(), 1, "other cookies pass: {r}");
+
+    // A valid session: we set nothing, and the upstream's cookie for our name is gone too.
+    let r = Req::get("/up/x").sid(&ours.value).send(ng.port);
+    assert_eq!(r.st(), "valid", "{r}");
+    assert!(r.no_cookie(SID), "an upstream's Set-Cookie for our name passed: {r}");
+    assert_eq!(r.set_cookies("other").len(), 1, "other cookies pass: {r}");
+    assert_valid(ng.port, Req::get("/index.html"), &ours.value);
+    ng.check_logs();
+}
+
+#[test]
+fn add_header_set_cookie_for_our_name_never_passes() {
+    let ng = headers_site("");
+    let r = ng.get("/addh/index.html");
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.st(), "new", "{r}");
+    // Exactly ours (" SID =..." is the cookie SID for a browser).
+    let ours = r.one_cookie(SID);
+    assert_cookie_format(&ours.value);
+    assert!(
+        r.headers_all("Set-Cookie").iter().all(|c| !c.contains("from-add-header")),
+        "add_header's Set-Cookie for our name passed: {r}"
+    );
+    let r = Req::get("/addh/index.html").sid(&ours.value).send(ng.port);
+    assert_eq!(r.st(), "valid", "{r}");
+    assert!(r.headers_all("Set-Cookie").is_empty(), "{r}");
+    ng.check_logs();
+}
+
+#[test]
+fn upstream_set_cookie_for_our_name_never_passes_when_the_store_fails() {
+    let dead = free_port();
+    let ng = headers_site(&format!("sessions_redis redis://127.0.0.1:{dead};"));
+    for req in [Req::get("/up/x"), Req::get("/up/x").sid("A.B")] {
+        let r = req.send(ng.port);
+        assert_eq!(r.status, 200, "{r}");
+        assert_eq!(r.st(), "error", "{r}");
+        assert!(r.no_cookie(SID), "an upstream's Set-Cookie for our name passed: {r}");
+        assert_eq!(r.set_cookies("other").len(), 1, "other cookies pass: {r}");
+    }
+    ng.check_logs();
+}
