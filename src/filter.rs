@@ -1,8 +1,9 @@
 //! The header filter of main requests where sessions are on: removes every `Set-Cookie`
 //! for our name that an upstream or `add_header` put there, whatever the session's
-//! status; adds ours once when the session started or was renewed. It runs after
+//! status; adds ours once when the session started or was renewed, and then keeps the
+//! response out of shared caches (`Cache-Control: private`). It runs after
 //! `ngx_http_headers_filter_module` (see `ngx_module_order` in lib.rs), so it sees what
-//! `add_header` wrote.
+//! `add_header` and `expires` wrote.
 
 use core::cell::Cell;
 
@@ -100,8 +101,12 @@ unsafe fn main_response(r: *mut ngx_http_request_t) -> Option<()> {
             })
         };
         match evaluated {
-            // SAFETY: the caller's contract.
-            Some(Some(eval)) => unsafe { set_cookie(req, &eval, &id, &res.suffix, secure) },
+            Some(Some(eval)) => {
+                // SAFETY: the caller's contract.
+                unsafe { set_cookie(req, &eval, &id, &res.suffix, secure) }?;
+                // SAFETY: as above.
+                unsafe { make_private(req) }
+            }
             _ => Some(()),
         }
     })
@@ -134,6 +139,53 @@ unsafe fn set_cookie(
     // SAFETY: the caller's contract.
     let h = unsafe { push_header(req, ngx::ngx_string!("Set-Cookie"), c"set-cookie") }?;
     h.value = ngx_str_t { len: n, data: buf };
+    Some(())
+}
+
+/// SPEC step 6: a response with our `Set-Cookie` is never stored by a shared cache. The
+/// `Cache-Control` lines (an upstream's, `expires`, `add_header`) become one, with
+/// `private` added and `public` / `s-maxage` removed; one is created if there was none.
+///
+/// # Safety
+/// `req` is a live main request.
+unsafe fn make_private(req: &mut ngx_http_request_t) -> Option<()> {
+    let mut existing: Option<Vec<u8>> = None;
+    let mut first: *mut ngx_table_elt_t = core::ptr::null_mut();
+    // SAFETY: the response's header list is live; nothing else walks it meanwhile.
+    unsafe {
+        for_each_header_mut(&mut req.headers_out.headers.part, |h| {
+            if h.hash == 0 || !h.key.as_bytes().eq_ignore_ascii_case(b"cache-control") {
+                return;
+            }
+            let joined = existing.get_or_insert_with(Vec::new);
+            if !joined.is_empty() {
+                joined.push(b',');
+            }
+            joined.extend_from_slice(h.value.as_bytes());
+            if first.is_null() {
+                first = h;
+            } else {
+                h.hash = 0;
+            }
+        })
+    };
+    let value = http::private_cache_control(existing.as_deref());
+    // SAFETY: the request pool is live.
+    let value = unsafe { ngx_str_t::from_bytes(req.pool, &value) }?;
+    // SAFETY: null or an element of the live header list.
+    let h = match unsafe { first.as_mut() } {
+        Some(h) => h,
+        // SAFETY: the caller's contract.
+        None => unsafe { push_header(req, ngx::ngx_string!("Cache-Control"), c"cache-control") }?,
+    };
+    h.value = value;
+    #[cfg(nginx1_23_0)]
+    {
+        h.next = core::ptr::null_mut();
+    }
+    // The lines are one now; `headers_out.cache_control` is what NGINX's own filters read.
+    req.headers_out.cache_control = h;
+    debug_http!(req, "sessions: Cache-Control made private");
     Some(())
 }
 

@@ -44,6 +44,11 @@ fn headers_site(extra_http: &str) -> Nginx {
     Nginx::start(&site(&default_http(extra_http), LOCATIONS))
 }
 
+/// `Cache-Control` lines of a response.
+fn cache_control(r: &Response) -> Vec<&str> {
+    r.headers_all("Cache-Control")
+}
+
 // ---------------------------------------------------------------------------------------
 // finding 2: Set-Cookie for our name
 // ---------------------------------------------------------------------------------------
@@ -97,5 +102,48 @@ fn upstream_set_cookie_for_our_name_never_passes_when_the_store_fails() {
         assert!(r.no_cookie(SID), "an upstream's Set-Cookie for our name passed: {r}");
         assert_eq!(r.set_cookies("other").len(), 1, "other cookies pass: {r}");
     }
+    ng.check_logs();
+}
+
+// ---------------------------------------------------------------------------------------
+// finding 3: a response with our Set-Cookie is private
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn set_cookie_with_expires_is_private() {
+    let ng = headers_site("");
+    let r = ng.get("/exp/index.html");
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.st(), "new", "{r}");
+    let v = r.sid();
+    assert_eq!(cache_control(&r), ["private, max-age=3600"], "{r}");
+    // Without our Set-Cookie, `expires` is left alone.
+    let r = Req::get("/exp/index.html").sid(&v).send(ng.port);
+    assert_eq!(r.st(), "valid", "{r}");
+    assert_eq!(cache_control(&r), ["max-age=3600"], "{r}");
+    ng.check_logs();
+}
+
+#[test]
+fn set_cookie_with_a_public_upstream_is_private() {
+    let ng = headers_site("");
+    let r = ng.get("/up/x");
+    assert_eq!(r.st(), "new", "{r}");
+    let v = r.sid();
+    assert_eq!(cache_control(&r), ["private, max-age=30"], "{r}");
+    let r = Req::get("/up/x").sid(&v).send(ng.port);
+    assert_eq!(r.st(), "valid", "{r}");
+    assert_eq!(cache_control(&r), ["public", "s-maxage=600, max-age=30"], "{r}");
+
+    // add_header's Cache-Control, and none at all.
+    let r = ng.get("/addh/index.html");
+    assert_eq!(r.st(), "new", "{r}");
+    assert_eq!(cache_control(&r), ["private, max-age=60"], "{r}");
+    let r = ng.get("/index.html");
+    assert_eq!(r.st(), "new", "{r}");
+    assert_eq!(cache_control(&r), ["private"], "{r}");
+    let r = Req::get("/index.html").sid(&v).send(ng.port);
+    assert_eq!(r.st(), "valid", "{r}");
+    assert!(cache_control(&r).is_empty(), "{r}");
     ng.check_logs();
 }
