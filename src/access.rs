@@ -19,6 +19,7 @@ use ngx::ngx_log_error;
 use crate::conf::{MainConf, Resolved};
 use crate::cookie::{CookieCollector, Incoming};
 use crate::ctx::{self, RequestCtx};
+use crate::fetch_metadata;
 use crate::identity::{self, Identity};
 use crate::log::{self, debug_http};
 use crate::redis::{self, Failure, Upstream};
@@ -106,6 +107,9 @@ unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     let Some((eval, incoming)) = identity::with(res, mcf, |id| {
         let (incoming, client) = (incoming(req, &id), client(req));
+        if fetch_metadata::held_back(req, res.samesite, incoming) {
+            return (fetch_metadata::NO_SESSION, incoming);
+        }
         let eval = match mcf.zone.lock() {
             Some(mut locked) => session::evaluate(
                 &mut locked.table(),
@@ -222,6 +226,9 @@ unsafe fn session_step(ctx: *mut RequestCtx, reply: Option<Result<Reply, Failure
             (None, _) => {
                 let incoming = incoming(req, &id);
                 *incoming_slot = incoming;
+                if fetch_metadata::held_back(req, res.samesite, incoming) {
+                    return Step::Done(fetch_metadata::NO_SESSION);
+                }
                 let (started, step) = Flow::start(incoming, now_secs(), &res.policy, &client(req));
                 *flow = Some(started);
                 step

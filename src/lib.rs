@@ -12,6 +12,7 @@
 //! - `identity.rs`: the secret and cookie name a request uses;
 //! - `ctx.rs`: the per-request state;
 //! - `access.rs`: the access phase that evaluates the session (shm, or Redis with resume);
+//! - `fetch_metadata.rs`: no session from a cookieless cross-site request (SPEC step 7);
 //! - `filter.rs`: the header filter that sets the cookie;
 //! - `variables.rs`: `$session_*`;
 //! - `log.rs`: fingerprints, outcome lines, rate-limited lines, debug lines.
@@ -25,6 +26,7 @@ use sessions_core::{cookie, http, redis_flow, redis_url, session, table};
 mod access;
 mod conf;
 mod ctx;
+mod fetch_metadata;
 mod filter;
 mod identity;
 mod log;

@@ -147,3 +147,117 @@ fn set_cookie_with_a_public_upstream_is_private() {
     assert!(cache_control(&r).is_empty(), "{r}");
     ng.check_logs();
 }
+
+// ---------------------------------------------------------------------------------------
+// finding 9: a cookieless cross-site request that is not a top-level GET/HEAD navigation
+// starts no session (SPEC step 7)
+// ---------------------------------------------------------------------------------------
+
+const HELD_BACK: &str = "request without a session cookie: no session started";
+
+fn post(path: &str) -> Req {
+    Req { method: "POST".into(), ..Req::get(path) }
+}
+
+/// Fetch Metadata as a browser sends it.
+fn fetch(req: Req, site: &str, mode: &str) -> Req {
+    req.header("Sec-Fetch-Site", site).header("Sec-Fetch-Mode", mode)
+}
+
+fn held_back_lines(ng: &Nginx) -> usize {
+    ng.error_log().lines().filter(|l| l.contains(HELD_BACK)).count()
+}
+
+/// The request started no session: `new`, empty `$session_id`, no Set-Cookie at all.
+fn assert_no_session(r: &Response) {
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.st(), "new", "{r}");
+    assert_eq!(r.id(), "", "{r}");
+    assert!(r.no_cookie(SID), "a cross-site request started a session: {r}");
+}
+
+/// The request started a session: `new` and our Set-Cookie.
+fn assert_new_session(r: &Response) -> String {
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.st(), "new", "{r}");
+    let v = r.sid();
+    assert_eq!(r.id(), id_of(&v), "{r}");
+    v
+}
+
+/// Every case of SPEC step 7 on one instance; returns the cookie of a session started by
+/// a same-site request.
+fn check_fetch_metadata(ng: &Nginx) -> String {
+    let port = ng.port;
+    // The attack: another site's auto-submitted form (a cross-site POST navigation).
+    let before = held_back_lines(ng);
+    assert_no_session(&fetch(post("/up/x"), "cross-site", "navigate").send(port));
+    assert_eq!(held_back_lines(ng), before + 1, "one info line per held-back request");
+    let line = ng.error_log().lines().rev().find(|l| l.contains(HELD_BACK)).unwrap().to_string();
+    assert!(line.contains("[info]") && line.contains("cross-site navigate request"), "{line}");
+    // Cross-site subresources and fetches, and header values in another case.
+    assert_no_session(&fetch(Req::get("/up/x"), "cross-site", "no-cors").send(port));
+    assert_no_session(&fetch(Req::get("/up/x"), "cross-site", "cors").send(port));
+    assert_no_session(&fetch(post("/up/x"), "Cross-Site", "NAVIGATE").send(port));
+    assert_no_session(&post("/up/x").header("Sec-Fetch-Site", "cross-site").send(port));
+
+    // A top-level GET or HEAD navigation from another site (a link) starts a session.
+    assert_new_session(&fetch(Req::get("/up/x"), "cross-site", "navigate").send(port));
+    let r = fetch(Req::head("/index.html"), "cross-site", "navigate").send(port);
+    assert_eq!(r.st(), "new", "{r}");
+    assert_eq!(r.set_cookies(SID).len(), 1, "{r}");
+    // Same site, same origin, typed URLs, no Fetch Metadata: a session.
+    for site in ["same-site", "same-origin", "none"] {
+        assert_new_session(&fetch(post("/up/x"), site, "cors").send(port));
+    }
+    let v = assert_new_session(&post("/up/x").send(port));
+
+    // A visitor who has a session keeps it on a cross-site request that carries the
+    // cookie (SameSite=None-like browsers, or a cross-site GET navigation).
+    let r = fetch(post("/up/x"), "cross-site", "navigate").sid(&v).send(port);
+    assert_eq!(r.st(), "valid", "{r}");
+    assert_eq!(r.id(), id_of(&v), "{r}");
+    assert!(r.no_cookie(SID), "{r}");
+    // A cross-site request with a bad cookie is not "without a session cookie".
+    let r = fetch(post("/up/x"), "cross-site", "navigate").sid("bogus").send(port);
+    assert_eq!(r.st(), "invalid", "{r}");
+    r.sid();
+    v
+}
+
+#[test]
+fn cross_site_requests_start_no_session_shared_memory() {
+    let ng = headers_site("");
+    let v = check_fetch_metadata(&ng);
+    assert_valid(ng.port, Req::get("/index.html"), &v);
+    ng.check_logs();
+}
+
+#[test]
+fn cross_site_requests_start_no_session_redis() {
+    let redis = Redis::start();
+    let ng = headers_site(&format!("sessions_redis redis://127.0.0.1:{};", redis.port));
+    let keys = |redis: &Redis| -> usize { redis.cmd(&["KEYS", "ngx_sessions:*"]).items().len() };
+    // The identity key may exist; held-back requests add nothing to it.
+    ng.get("/off/index.html");
+    let before = keys(&redis);
+    for _ in 0..3 {
+        assert_no_session(&fetch(post("/up/x"), "cross-site", "navigate").send(ng.port));
+    }
+    assert_eq!(keys(&redis), before, "a held-back request stored something");
+    let v = check_fetch_metadata(&ng);
+    assert_valid(ng.port, Req::get("/index.html"), &v);
+    ng.check_logs();
+}
+
+/// With `SameSite=None` the browser sends the cookie cross-site, so a cookieless
+/// cross-site request had none to hold back: it starts a session as usual.
+#[test]
+fn samesite_none_starts_sessions_cross_site() {
+    let ng = headers_site("sessions_cookie_samesite none; sessions_cookie_secure on;");
+    let r = fetch(post("/up/x"), "cross-site", "navigate").send(ng.port);
+    assert_eq!(r.st(), "new", "{r}");
+    assert_eq!(r.set_cookies(SID).len(), 1, "{r}");
+    assert_eq!(held_back_lines(&ng), 0);
+    ng.check_logs();
+}

@@ -122,6 +122,8 @@ pub(crate) struct Resolved {
     /// The `Set-Cookie` attributes after the value (without `Secure`).
     pub(crate) suffix: Vec<u8>,
     pub(crate) secure: Secure,
+    /// Whether a cookieless cross-site request may start a session (SPEC step 7).
+    pub(crate) samesite: SameSite,
     pub(crate) policy: Policy,
 }
 
@@ -247,8 +249,14 @@ impl SrvConf {
             Some(Setting { value: SecretSetting::Key(k), .. }) => Some(Signer::new(k)),
             _ => None,
         };
-        self.resolved =
-            Some(Resolved { signer, name, suffix: attrs.suffix(), secure: attrs.secure, policy });
+        self.resolved = Some(Resolved {
+            signer,
+            name,
+            suffix: attrs.suffix(),
+            secure: attrs.secure,
+            samesite: attrs.samesite,
+            policy,
+        });
         Ok(())
     }
 
