@@ -22,6 +22,7 @@ use crate::ctx::{self, RequestCtx};
 use crate::fetch_metadata;
 use crate::identity::{self, Identity};
 use crate::log::{self, debug_http};
+use crate::pass_cookie;
 use crate::redis::{self, Failure, Upstream};
 use crate::redis_flow::{self, Flow, Reply, Step};
 use crate::session::{self, Client, Evaluation};
@@ -74,8 +75,23 @@ fn kind(incoming: Incoming) -> &'static str {
     }
 }
 
-/// Access phase: evaluate the session of a main request once.
+/// Access phase: evaluate the session of a main request once; once it is decided and the
+/// request goes on, apply `sessions_pass_cookie off`.
 unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: NGINX calls phase handlers with a live request.
+    let rc = unsafe { evaluate(r) };
+    // SAFETY: as above.
+    if rc == Status::NGX_DECLINED.into() && unsafe { pass_cookie::apply(r) }.is_err() {
+        return Status::NGX_ERROR.into();
+    }
+    rc
+}
+
+/// Evaluates the session of a main request once.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: NGINX calls phase handlers with a live request.
     let req = unsafe { &*r };
     if req.main != r {

@@ -184,7 +184,20 @@ unsafe fn make_private(req: &mut ngx_http_request_t) -> Option<()> {
         h.next = core::ptr::null_mut();
     }
     // The lines are one now; `headers_out.cache_control` is what NGINX's own filters read.
-    req.headers_out.cache_control = h;
+    #[cfg(nginx1_23_0)]
+    {
+        req.headers_out.cache_control = h;
+    }
+    #[cfg(not(nginx1_23_0))]
+    {
+        // Before 1.23.0: an array of pointers to the lines.
+        let lines = &mut req.headers_out.cache_control;
+        if lines.nelts > 0 && !lines.elts.is_null() {
+            // SAFETY: a live array of `ngx_table_elt_t *` with at least one element.
+            unsafe { lines.elts.cast::<*mut ngx_table_elt_t>().write(h) };
+            lines.nelts = 1;
+        }
+    }
     debug_http!(req, "sessions: Cache-Control made private");
     Some(())
 }
@@ -217,7 +230,7 @@ unsafe fn push_header<'r>(
 ///
 /// # Safety
 /// `part` must be the first part of a live header list, not otherwise borrowed.
-unsafe fn for_each_header_mut(
+pub(crate) unsafe fn for_each_header_mut(
     mut part: *mut ngx_list_part_t,
     mut f: impl FnMut(&mut ngx_table_elt_t),
 ) {

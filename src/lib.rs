@@ -14,6 +14,7 @@
 //! - `access.rs`: the access phase that evaluates the session (shm, or Redis with resume);
 //! - `fetch_metadata.rs`: no session from a cookieless cross-site request (SPEC step 7);
 //! - `filter.rs`: the header filter that sets the cookie;
+//! - `pass_cookie.rs`: `sessions_pass_cookie off` (our cookie kept from the upstream);
 //! - `variables.rs`: `$session_*`;
 //! - `log.rs`: fingerprints, outcome lines, rate-limited lines, debug lines.
 
@@ -30,6 +31,7 @@ mod fetch_metadata;
 mod filter;
 mod identity;
 mod log;
+mod pass_cookie;
 mod redis;
 mod shm;
 mod variables;

@@ -59,6 +59,8 @@ fn bad_flag_and_enum_values() {
     check_bad(Ctx::Http, "sessions_cookie_samesite \"\"; # BAD", true);
     check_bad(Ctx::Server, "sessions_cookie_secure maybe; # BAD", true);
     check_bad(Ctx::Http, "sessions_cookie_secure; # BAD", true);
+    check_bad(Ctx::Location, "sessions_pass_cookie maybe; # BAD", true);
+    check_bad(Ctx::Server, "sessions_pass_cookie; # BAD", true);
 }
 
 #[test]
@@ -279,6 +281,7 @@ fn every_directive_is_duplicate_when_repeated() {
         (&format!("sessions_redis {redis}"), &format!("sessions_redis {redis}")),
         ("sessions_redis_timeout 1s", "sessions_redis_timeout 2s"),
         ("sessions_redis_keepalive 10", "sessions_redis_keepalive 10"),
+        ("sessions_pass_cookie off", "sessions_pass_cookie on"),
     ] {
         let t = nginx_t_http(&body(&format!("{first};\n    {second}; # BAD"), "", ""));
         t.assert_emerg(Some(line_of(&t.conf_text, "# BAD")));
@@ -291,6 +294,13 @@ fn every_directive_is_duplicate_when_repeated() {
     // The same directive at two levels is an override, not a duplicate.
     check_good("sessions_idling_timeout 10s;", "sessions_idling_timeout 20s;", "");
     check_bad(Ctx::Server, "sessions off;\n sessions on; # BAD", true);
+    check_bad(Ctx::Location, "sessions_pass_cookie off;\n sessions_pass_cookie off; # BAD", true);
+    // sessions_pass_cookie works at every level, overridden below.
+    check_good(
+        "sessions_pass_cookie off;",
+        "sessions_pass_cookie on;",
+        "sessions_pass_cookie off;",
+    );
 }
 
 /// `sessions_redis off` alone is the shared-memory store; the Redis tuning directives are

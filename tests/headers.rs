@@ -8,6 +8,11 @@
 mod common;
 
 use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
 
 /// Locations of the test site, on top of [`site`]'s. `/backend/` stands for an
 /// application: it echoes the `Cookie` header it got and answers with a `Set-Cookie` for
@@ -259,5 +264,160 @@ fn samesite_none_starts_sessions_cross_site() {
     assert_eq!(r.st(), "new", "{r}");
     assert_eq!(r.set_cookies(SID).len(), 1, "{r}");
     assert_eq!(held_back_lines(&ng), 0);
+    ng.check_logs();
+}
+
+// ---------------------------------------------------------------------------------------
+// finding 8: sessions_pass_cookie off
+// ---------------------------------------------------------------------------------------
+
+/// A backend on a free loopback port that answers every request with the request's raw
+/// header block as its body: exactly what the upstream received.
+struct EchoBackend {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl EchoBackend {
+    fn start() -> EchoBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    head.len()
+                );
+                let _ = conn.write_all(reply.as_bytes());
+                let _ = conn.write_all(&head);
+            }
+        });
+        EchoBackend { port, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocking accept.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The `Cookie` lines the upstream received (values, in order).
+fn upstream_cookies(r: &Response) -> Vec<String> {
+    r.body_str()
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+fn pass_cookie_site(echo: &EchoBackend, extra_http: &str) -> Nginx {
+    let locations = format!(
+        r#"
+        location /nopass/ {{
+            sessions on;
+            sessions_pass_cookie off;
+            proxy_pass http://127.0.0.1:{echo}/;
+            proxy_set_header X-Session-Id $session_id;
+            add_header X-Status $session_status always;
+            add_header X-Id $session_id always;
+            add_header X-Front-Cookie "[$http_cookie]" always;
+        }}
+        location /pass/ {{
+            sessions on;
+            proxy_pass http://127.0.0.1:{echo}/;
+        }}
+"#,
+        echo = echo.port
+    );
+    Nginx::start(&site(&default_http(extra_http), &locations))
+}
+
+fn check_pass_cookie_off(ng: &Nginx) {
+    let port = ng.port;
+    let v = new_session(port, Req::get("/nopass/x"));
+    let id = id_of(&v).to_string();
+
+    // Only our cookie: the header is dropped, the session still evaluated.
+    let r = Req::get("/nopass/x").sid(&v).send(port);
+    assert_eq!(r.st(), "valid", "{r}");
+    assert!(upstream_cookies(&r).is_empty(), "upstream got our cookie: {}", r.body_str());
+    assert_eq!(
+        r.body_str().matches(&id).count(),
+        1,
+        "the session ID reached the upstream outside X-Session-Id: {}",
+        r.body_str()
+    );
+    assert!(r.body_str().contains(&format!("X-Session-Id: {id}\r\n")), "{}", r.body_str());
+    assert_eq!(r.header("X-Front-Cookie"), Some("[]"), "{r}");
+    assert!(r.body_str().contains(&format!("User-Agent: {UA}\r\n")), "{}", r.body_str());
+
+    // Other cookies kept byte for byte, around ours and in another header line.
+    let r = Req::get("/nopass/x")
+        .cookie(&format!("a=1; {SID}={v}; b=\"x,y\";c=3"))
+        .header("X-Custom", "kept")
+        .cookie(&format!("{SID}={v}"))
+        .cookie(&format!("d=4; {SID}=other"))
+        .send(port);
+    assert_eq!(r.st(), "valid", "exactly one value with our name verifies: {r}");
+    assert_eq!(upstream_cookies(&r), ["a=1; b=\"x,y\";c=3", "d=4"], "{}", r.body_str());
+    assert!(r.body_str().contains("X-Custom: kept\r\n"), "{}", r.body_str());
+    assert_eq!(r.header("X-Front-Cookie"), Some("[a=1; b=\"x,y\";c=3; d=4]"), "{r}");
+
+    let r = Req::get("/nopass/x").cookie(&format!("{SID}={v}; z=9")).send(port);
+    assert_eq!(r.st(), "valid", "{r}");
+    assert_eq!(upstream_cookies(&r), ["z=9"], "{}", r.body_str());
+    let r = Req::get("/nopass/x").cookie("SIDX=1; sid=2").send(port);
+    assert_eq!(upstream_cookies(&r), ["SIDX=1; sid=2"], "not our name: {}", r.body_str());
+
+    // Where it is on (the default), the upstream gets the header as sent.
+    let r = Req::get("/pass/x").cookie(&format!("a=1; {SID}={v}")).send(port);
+    assert_eq!(r.st(), "valid", "{r}");
+    assert_eq!(upstream_cookies(&r), [format!("a=1; {SID}={v}")], "{}", r.body_str());
+}
+
+#[test]
+fn pass_cookie_off_keeps_our_cookie_from_the_upstream() {
+    let echo = EchoBackend::start();
+    let ng = pass_cookie_site(&echo, "");
+    check_pass_cookie_off(&ng);
+    ng.check_logs();
+}
+
+/// With Redis the request is suspended and resumed; the cookie goes once it is decided,
+/// and also when the store fails (the cookie is ours whatever the status).
+#[test]
+fn pass_cookie_off_with_redis() {
+    let echo = EchoBackend::start();
+    let mut redis = Redis::start();
+    let ng = pass_cookie_site(&echo, &format!("sessions_redis redis://127.0.0.1:{};", redis.port));
+    check_pass_cookie_off(&ng);
+    let v = new_session(ng.port, Req::get("/nopass/x"));
+    redis.stop();
+    let r = Req::get("/nopass/x").cookie(&format!("{SID}={v}; k=1")).send(ng.port);
+    assert_eq!(r.st(), "error", "{r}");
+    assert_eq!(upstream_cookies(&r), ["k=1"], "{}", r.body_str());
     ng.check_logs();
 }

@@ -151,8 +151,9 @@ const FLAG: u32 = NGX_CONF_FLAG;
 const TAKE1: u32 = NGX_CONF_TAKE1;
 
 /// The module's directives (NGINX reads the table, terminated by an empty entry).
-pub(crate) static mut COMMANDS: [ngx_command_t; 17] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 18] = [
     directive!("sessions", HTTP_ANY, FLAG, LocConf.enabled, parse_sessions),
+    directive!("sessions_pass_cookie", HTTP_ANY, FLAG, LocConf.pass_cookie, parse_on_off),
     directive!("sessions_secret", HTTP_SRV, TAKE1, SrvConf.secret, parse_secret),
     directive!("sessions_name", HTTP_SRV, TAKE1, SrvConf.name, parse_name),
     directive!("sessions_idling_timeout", HTTP_SRV, TAKE1, SrvConf.idle, parse_seconds),

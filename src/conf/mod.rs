@@ -131,6 +131,8 @@ pub(crate) struct Resolved {
 #[derive(Default)]
 pub(crate) struct LocConf {
     enabled: Option<Setting<bool>>,
+    /// `sessions_pass_cookie`.
+    pass_cookie: Option<Setting<bool>>,
 }
 
 impl Level for LocConf {
@@ -141,11 +143,17 @@ impl LocConf {
     pub(crate) fn enabled(&self) -> bool {
         self.enabled.is_some_and(|s| s.value)
     }
+
+    /// Whether the upstream gets our cookie (`sessions_pass_cookie`, default on).
+    pub(crate) fn pass_cookie(&self) -> bool {
+        value_or(&self.pass_cookie, true)
+    }
 }
 
 impl Merge for LocConf {
     fn merge(&mut self, prev: &Self) -> Result<(), MergeConfigError> {
         inherit(&mut self.enabled, &prev.enabled);
+        inherit(&mut self.pass_cookie, &prev.pass_cookie);
         Ok(())
     }
 }
