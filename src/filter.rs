@@ -183,6 +183,7 @@ unsafe fn make_private(req: &mut ngx_http_request_t) -> Option<()> {
     {
         h.next = core::ptr::null_mut();
     }
+    let h: *mut ngx_table_elt_t = h;
     // The lines are one now; `headers_out.cache_control` is what NGINX's own filters read.
     #[cfg(nginx1_23_0)]
     {
