@@ -267,8 +267,12 @@ pub fn fingerprint(secret: &[u8]) -> [u8; 16] {
 /// header value. Pairs are separated by `;` only (RFC 6265bis; a `,` is part of a value);
 /// whitespace around pairs is ignored; names match byte for byte.
 pub fn for_each_named<'a>(header: &'a [u8], name: &[u8], mut found: impl FnMut(&'a [u8])) {
-    for pair in header.split(|&b| b == b';') {
-        let pair = trim_ows(pair);
+    // The `;` are found with memchr (SIMD): on every request the whole header is scanned,
+    // and a byte-by-byte split cost more than the two SHA-256 compressions of the HMAC.
+    let mut start = 0;
+    for end in memchr::memchr_iter(b';', header).chain(core::iter::once(header.len())) {
+        let pair = trim_ows(header.get(start..end).unwrap_or(b""));
+        start = end + 1;
         if pair.len() > name.len() && pair.starts_with(name) && pair[name.len()] == b'=' {
             found(trim_ows(&pair[name.len() + 1..]));
         }
