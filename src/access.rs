@@ -19,9 +19,11 @@ use ngx::ngx_log_error;
 use crate::conf::{MainConf, Resolved};
 use crate::cookie::{CookieCollector, Incoming};
 use crate::ctx::{self, RequestCtx};
+use crate::fetch_metadata;
 use crate::identity::{self, Identity};
 use crate::log::{self, debug_http};
 use crate::metrics;
+use crate::pass_cookie;
 use crate::redis::{self, Failure, Upstream};
 use crate::redis_flow::{Flow, Reply, Step};
 use crate::session::{self, Client, Evaluation};
@@ -74,8 +76,23 @@ fn kind(incoming: Incoming) -> &'static str {
     }
 }
 
-/// Access phase: evaluate the session of a main request once.
+/// Access phase: evaluate the session of a main request once; once it is decided and the
+/// request goes on, apply `sessions_pass_cookie off`.
 unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: NGINX calls phase handlers with a live request.
+    let rc = unsafe { evaluate(r) };
+    // SAFETY: as above.
+    if rc == Status::NGX_DECLINED.into() && unsafe { pass_cookie::apply(r) }.is_err() {
+        return Status::NGX_ERROR.into();
+    }
+    rc
+}
+
+/// Evaluates the session of a main request once.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: NGINX calls phase handlers with a live request.
     let req = unsafe { &*r };
     if req.main != r {
@@ -107,6 +124,9 @@ unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     let Some((eval, incoming)) = identity::with(res, mcf, |id| {
         let (incoming, client) = (incoming(req, &id), client(req, &id));
+        if fetch_metadata::held_back(req, res.samesite, incoming) {
+            return (fetch_metadata::NO_SESSION, incoming);
+        }
         let now = now_secs();
         let eval = match mcf.zone.lock() {
             Some(mut locked) => {
@@ -232,6 +252,9 @@ unsafe fn session_step(ctx: *mut RequestCtx, reply: Option<Result<Reply, Failure
             (None, _) => {
                 let incoming = incoming(req, &id);
                 *incoming_slot = incoming;
+                if fetch_metadata::held_back(req, res.samesite, incoming) {
+                    return Step::Done(fetch_metadata::NO_SESSION);
+                }
                 let (started, step) =
                     Flow::start(incoming, now_secs(), &res.policy, &client(req, &id));
                 *flow = Some(started);

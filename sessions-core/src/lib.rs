@@ -1,6 +1,7 @@
 //! The pure logic of `ngx_http_sessions_module`: no NGINX types, no I/O, time passed in.
 //!
 //! - [`cookie`]: finding our cookie in `Cookie` headers, the signed value, `Set-Cookie`.
+//! - [`http`]: Fetch Metadata, `Cache-Control` and `Cookie` header decisions.
 //! - [`session`]: records, timeouts, binding and renewal as a state machine.
 //! - [`table`]: the shared-memory table's layout and algorithm (over plain slices).
 //! - [`metrics`]: per-worker counters and their Prometheus text exposition.
@@ -8,6 +9,7 @@
 //! - [`redis_url`]: the `sessions_redis` URL.
 
 pub mod cookie;
+pub mod http;
 pub mod metrics;
 pub mod redis_flow;
 pub mod redis_url;

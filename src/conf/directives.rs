@@ -153,8 +153,9 @@ const LOC: u32 = NGX_HTTP_LOC_CONF;
 const NOARGS: u32 = NGX_CONF_NOARGS;
 
 /// The module's directives (NGINX reads the table, terminated by an empty entry).
-pub(crate) static mut COMMANDS: [ngx_command_t; 18] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 19] = [
     directive!("sessions", HTTP_ANY, FLAG, LocConf.enabled, parse_sessions),
+    directive!("sessions_pass_cookie", HTTP_ANY, FLAG, LocConf.pass_cookie, parse_on_off),
     directive!("sessions_secret", HTTP_SRV, TAKE1, SrvConf.secret, parse_secret),
     directive!("sessions_name", HTTP_SRV, TAKE1, SrvConf.name, parse_name),
     directive!("sessions_idling_timeout", HTTP_SRV, TAKE1, SrvConf.idle, parse_seconds),
@@ -241,11 +242,20 @@ fn parse_name(arg: &mut Arg) -> Result<NameSetting, ConfError> {
     if v == b"random" {
         return Ok(NameSetting::Random);
     }
-    if !cookie::is_token(v) || v.len() > 255 {
-        return Err(ConfError::msg(format!(
-            "invalid cookie name \"{}\" in \"sessions_name\": it must be an RFC 6265 token (letters, digits, !#$%&'*+-.^_`|~; no spaces, \";\", \",\" or \"=\")",
-            show(v)
-        )));
+    match cookie::check_name(v) {
+        Ok(()) => {}
+        Err(cookie::AttrError::NameNotToken) => {
+            return Err(ConfError::msg(format!(
+                "invalid cookie name \"{}\" in \"sessions_name\": it must be an RFC 6265 token (letters, digits, !#%&'*+-.^_`|~; no spaces, \";\", \",\" or \"=\")",
+                show(v)
+            )));
+        }
+        Err(e) => {
+            return Err(ConfError::msg(format!(
+                "invalid cookie name \"{}\" in \"sessions_name\": {e}",
+                show(v)
+            )));
+        }
     }
     Ok(NameSetting::Fixed(v.to_vec()))
 }
