@@ -312,7 +312,7 @@ impl Table for SlotTable<'_> {
         }
         self.write(i, rec, expires);
         self.push_front(i, if established { PROTECTED } else { PROBATION });
-        self.header.count += 1;
+        self.header.count = self.header.count.saturating_add(1);
         self.cached = Some((*key, i));
         Ok(())
     }
@@ -478,6 +478,16 @@ mod tests {
         let e = evaluate(&mut t, Incoming::Verified(id), &signer, 1061, &policy, &alice);
         assert_eq!(e.status, Status::Renewed);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn corrupted_count_does_not_overflow() {
+        // Found by fuzz/table_corrupt: a zone whose count reads u32::MAX.
+        let mut o = Owned::new(8 * 1024);
+        o.header.count = u32::MAX;
+        let mut t = o.table();
+        t.insert(&key(1), &rec(0), 100, false, 0).unwrap();
+        assert_eq!(t.len(), u32::MAX as usize);
     }
 
     #[test]
