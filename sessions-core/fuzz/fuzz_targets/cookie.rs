@@ -6,7 +6,8 @@
 //! Checked: nothing panics; a value that verifies is exactly one we sealed for that ID
 //! (one encoding per ID); `seal`/`open` round-trip; the collector's verdict matches a
 //! plain model of the contract (the first `MAX_CANDIDATES` values with our name, identical
-//! values once, exactly one distinct verified ID).
+//! values once, exactly one distinct verified ID). Cookie attributes that validate make a
+//! `Set-Cookie` line of the announced length with no byte that could end or split it.
 
 #![no_main]
 
@@ -15,7 +16,8 @@ use std::sync::OnceLock;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use sessions_core::cookie::{
-    for_each_named, CookieCollector, Incoming, SessionId, Signer, MAX_CANDIDATES, VALUE_LEN,
+    for_each_named, set_cookie_len, write_set_cookie, CookieAttrs, CookieCollector, Incoming,
+    SameSite, Secure, SessionId, Signer, MAX_CANDIDATES, VALUE_LEN,
 };
 
 const NAME: &[u8] = b"sid";
@@ -47,6 +49,12 @@ struct Input {
     headers: Vec<Vec<Piece>>,
     /// Checked against `seal` on its own.
     id: [u8; 16],
+    /// Configuration-time input: cookie name and attributes.
+    name: Vec<u8>,
+    domain: Option<Vec<u8>>,
+    path: Vec<u8>,
+    samesite: u8,
+    secure: u8,
 }
 
 fn signers() -> &'static (Signer, Signer) {
@@ -160,4 +168,27 @@ fuzz_target!(|input: Input| {
         _ => Incoming::Invalid,
     };
     assert_eq!(collector.finish(), expected);
+
+    let mut attrs = CookieAttrs {
+        domain: input.domain,
+        path: input.path,
+        samesite: [SameSite::Lax, SameSite::Strict, SameSite::None]
+            [usize::from(input.samesite % 3)],
+        secure: [Secure::Auto, Secure::On, Secure::Off][usize::from(input.secure % 3)],
+    };
+    if attrs.validate(Some(&input.name)).is_ok() {
+        let suffix = attrs.suffix();
+        for secure in [false, true] {
+            let mut line = vec![0u8; set_cookie_len(&input.name, &suffix, secure)];
+            let n = write_set_cookie(&mut line, &input.name, &sealed, &suffix, secure);
+            assert_eq!(n, line.len());
+            assert!(
+                !line.iter().any(|&c| c < b' ' || c == 0x7f),
+                "control byte in {:?}",
+                String::from_utf8_lossy(&line)
+            );
+            // Exactly our `name=value`, then attributes: nothing smuggled in before them.
+            assert!(line[input.name.len() + 1 + VALUE_LEN..].starts_with(b"; "));
+        }
+    }
 });
