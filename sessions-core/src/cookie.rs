@@ -734,6 +734,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "3,000 HMACs: about 15 min under Miri")]
     fn every_character_substitution_is_rejected() {
         let s = signer();
         let v = s.seal(b"sid", &SessionId::random());
@@ -959,6 +960,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot fork")]
     fn ids_differ_after_fork() {
         // Warm the generator in this process, then fork: parent and child must differ.
         let _ = SessionId::random();
