@@ -1,13 +1,16 @@
-//! The pure logic of `ngx_http_sessions_module`: no NGINX types, no I/O, time passed in.
+//! The pure logic of `ngx_http_sessions_module`: no NGINX types, no I/O (but the state
+//! file's atomic write), time passed in.
 //!
 //! - [`cookie`]: finding our cookie in `Cookie` headers, the signed value, `Set-Cookie`.
 //! - [`session`]: records, timeouts, binding and renewal as a state machine.
 //! - [`table`]: the shared-memory table's layout and algorithm (over plain slices).
 //! - [`redis_flow`]: the algorithm against Redis, as commands and replies.
 //! - [`redis_url`]: the `sessions_redis` URL.
+//! - [`state`]: the state file that carries a zone across restarts.
 
 pub mod cookie;
 pub mod redis_flow;
 pub mod redis_url;
 pub mod session;
+pub mod state;
 pub mod table;

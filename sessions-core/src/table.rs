@@ -84,6 +84,17 @@ pub struct Header {
     last_report: u64,
 }
 
+/// One live record with what the table keeps beside it: its key, expiry and segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: StoreKey,
+    pub record: Record,
+    /// When the table may forget it (seconds since the epoch).
+    pub expires: u64,
+    /// In the protected segment: its cookie came back at least once.
+    pub established: bool,
+}
+
 /// Eviction pressure over a period, for a log line: many evictions of records idle for
 /// little time mean the zone is too small for the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -407,6 +418,31 @@ impl<'a> SlotTable<'a> {
             user_agent: s.user_agent,
             hashes: BindingHashes::from_version(s.version).unwrap_or(BindingHashes::Legacy),
         })
+    }
+
+    /// The records alive at `now` (`expires > now`) in eviction order reversed: the
+    /// protected segment from its most recently used, then probation likewise. For the
+    /// state file (`crate::state`); bounded by the slot count even if the zone is corrupted.
+    pub fn live_entries(&self, now: u64) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(self.len().min(self.slots.len()));
+        for segment in [PROTECTED, PROBATION] {
+            let mut i = self.header.lists.get(segment as usize).map_or(NIL, |l| l.head);
+            for _ in 0..self.slots.len() {
+                let Some(s) = self.slots.get(i as usize) else { break };
+                if u64::from(s.expires) > now {
+                    if let Some(record) = self.read(i) {
+                        out.push(Entry {
+                            key: StoreKey(s.key),
+                            record,
+                            expires: s.expires.into(),
+                            established: segment == PROTECTED,
+                        });
+                    }
+                }
+                i = s.next;
+            }
+        }
+        out
     }
 
     /// Checks the table's structure: both LRU lists (links, ends, lengths, segment tags),
