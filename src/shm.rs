@@ -11,7 +11,7 @@
 //! state; the configuration declares it and reads it.
 //!
 //! With `state=<file>`, a fresh zone is filled from the file ([`load_state`]) and
-//! [`SharedZone::snapshot`] copies it out for the next write (`state_file.rs`).
+//! [`SharedZone::copy_state`] copies it out for the next write (`state_file.rs`).
 
 use core::ffi::c_void;
 use core::mem::size_of;
@@ -31,9 +31,9 @@ use ngx::ngx_log_error;
 use crate::cookie::{self, Signer};
 use crate::log;
 use crate::session::BindingKey;
-use crate::state::{self, Snapshot, ZoneIdentity};
+use crate::state::{self, ZoneIdentity};
 use crate::state_file;
-use crate::table::{self, Header, Slot, SlotTable};
+use crate::table::{self, Header, Slot, SlotTable, TableCopy};
 
 /// Marks a root laid out by this version of the module. NGINX hands a zone over to the next
 /// configuration only when its name, size and tag (the address of this module's
@@ -170,16 +170,22 @@ impl SharedZone {
         unsafe { Locked::lock(zone.as_ptr()) }
     }
 
-    /// What the state file keeps of the zone: its identity and its records alive at `now`,
-    /// copied under the lock (which is held for that copy only).
-    pub(crate) fn snapshot(&self, now: u64) -> Option<Snapshot> {
+    /// Records in the zone now.
+    pub(crate) fn record_count(&self) -> Option<usize> {
+        Some(self.lock()?.table().len())
+    }
+
+    /// What the state file keeps of the zone: its identity, and its records copied into
+    /// `copy` under the lock, which is held for that one sequential copy only (give `copy`
+    /// room beforehand so that nothing is allocated under the lock).
+    pub(crate) fn copy_state(&self, copy: &mut TableCopy) -> Option<ZoneIdentity> {
         let mut locked = self.lock()?;
         // SAFETY: the lock gives exclusive access to the root.
         let root = unsafe { &*locked.root };
         let identity =
             ZoneIdentity { secret: root.secret, name: root.name, binding_key: root.binding_key };
-        let entries = locked.table().live_entries(now);
-        Some(Snapshot { identity, written_at: now, entries })
+        locked.table().copy_into(copy);
+        Some(identity)
     }
 }
 

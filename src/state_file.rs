@@ -32,7 +32,8 @@ use ngx::http::HttpModuleMainConf;
 use ngx::ngx_log_error;
 
 use crate::shm::SharedZone;
-use crate::state::{self, Restored, Snapshot};
+use crate::state::{self, Restored, Snapshot, ZoneIdentity};
+use crate::table::TableCopy;
 use crate::Module;
 
 /// Reads and checks the state file; `None`, after one `[warn]` saying why, when it cannot
@@ -103,12 +104,16 @@ struct Written {
     took: Duration,
 }
 
-/// Encodes and writes a snapshot (the part that runs off the event loop).
-fn write(snapshot: &Snapshot, path: &Path) -> io::Result<Written> {
+/// Orders, encodes and writes a copy of the table (the part that runs without the lock,
+/// and in worker 0 off the event loop).
+fn write(identity: ZoneIdentity, copy: &TableCopy, now: u64, path: &Path) -> io::Result<Written> {
     let start = Instant::now();
-    let bytes = snapshot.encode();
+    let mut entries = Vec::new();
+    copy.live_entries(now, &mut entries);
+    let sessions = entries.len();
+    let bytes = Snapshot { identity, written_at: now, entries }.encode();
     state::write_atomically(path, &bytes)?;
-    Ok(Written { sessions: snapshot.entries.len(), bytes: bytes.len(), took: start.elapsed() })
+    Ok(Written { sessions, bytes: bytes.len(), took: start.elapsed() })
 }
 
 fn log_failure(log: *mut ngx_log_t, path: &Path, e: &io::Error) {
@@ -121,14 +126,20 @@ fn log_failure(log: *mut ngx_log_t, path: &Path, e: &io::Error) {
     );
 }
 
-/// Worker 0's periodic writer: its timer, and the write thread in flight, if any.
+/// What a write thread hands back: its outcome, and the copy's buffer for the next write.
+type Finished = (io::Result<Written>, TableCopy);
+
+/// Worker 0's periodic writer: its timer, the write thread in flight, if any, and the
+/// buffer the table is copied into (kept from one write to the next, so that the copy
+/// under the zone's lock neither allocates nor faults pages in).
 struct Writer {
     event: ngx_event_t,
     zone: &'static SharedZone,
     path: PathBuf,
     interval: ngx_msec_t,
     log: *mut ngx_log_t,
-    in_flight: Option<JoinHandle<io::Result<Written>>>,
+    in_flight: Option<JoinHandle<Finished>>,
+    buffer: TableCopy,
 }
 
 /// The writer of this worker (null elsewhere). Only the worker's own thread touches it.
@@ -139,8 +150,16 @@ impl Writer {
     fn collect(&mut self, wait: bool) {
         let done = self.in_flight.as_ref().is_some_and(|h| wait || h.is_finished());
         let Some(handle) = self.in_flight.take_if(|_| done) else { return };
-        match handle.join() {
-            Ok(Ok(w)) => {
+        let outcome = match handle.join() {
+            Ok((outcome, buffer)) => {
+                self.buffer = buffer;
+                outcome
+            }
+            // The thread cannot panic (release builds abort), but say so if it did.
+            Err(_) => Err(io::Error::other("writer panicked")),
+        };
+        match outcome {
+            Ok(w) => {
                 if ngx::log::DEBUG {
                     ngx::ngx_log_debug!(
                         mask: ngx::log::DebugMask::Core,
@@ -153,17 +172,19 @@ impl Writer {
                     );
                 }
             }
-            Ok(Err(e)) => log_failure(self.log, &self.path, &e),
-            // The thread cannot panic (release builds abort), but say so if it did.
-            Err(_) => log_failure(self.log, &self.path, &io::Error::other("writer panicked")),
+            Err(e) => log_failure(self.log, &self.path, &e),
         }
     }
 
     /// Copies the table and hands it to a new write thread.
     fn start(&mut self) {
-        let Some(snapshot) = self.zone.snapshot(now()) else { return };
-        let path = self.path.clone();
-        match spawn_without_signals(move || write(&snapshot, &path)) {
+        let Some(records) = self.zone.record_count() else { return };
+        let mut copy = core::mem::take(&mut self.buffer);
+        // Room for some growth until the lock is taken again.
+        copy.make_room(records + records / 8 + 64);
+        let Some(identity) = self.zone.copy_state(&mut copy) else { return };
+        let (path, now) = (self.path.clone(), now());
+        match spawn_without_signals(move || (write(identity, &copy, now, &path), copy)) {
             Ok(handle) => self.in_flight = Some(handle),
             Err(e) => log_failure(self.log, &self.path, &e),
         }
@@ -233,6 +254,7 @@ pub(crate) unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int
         interval,
         log,
         in_flight: None,
+        buffer: TableCopy::default(),
     }));
     // SAFETY: `writer` was just allocated and is owned by this process until
     // `exit_process`; the timer must not keep a shutting-down worker alive (cancelable).
@@ -277,8 +299,10 @@ pub(crate) unsafe extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
         );
         return;
     }
-    let Some(snapshot) = zone.snapshot(now()) else { return };
-    match write(&snapshot, &path) {
+    // No worker is left to wait for the lock: the copy may allocate.
+    let mut copy = TableCopy::default();
+    let Some(identity) = zone.copy_state(&mut copy) else { return };
+    match write(identity, &copy, now(), &path) {
         Ok(w) => {
             ngx_log_error!(
                 NGX_LOG_NOTICE,
