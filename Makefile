@@ -5,6 +5,7 @@
 #   make run     the demo (nginx-conf/demo.conf) on http://127.0.0.1:8080, Ctrl-C stops it
 #   make test    unit and integration tests
 #   make bench   wrk: bare NGINX vs the module, one table
+#   make fuzz    cargo-fuzz targets of sessions-core, FUZZ_SECONDS (60) each (needs nightly)
 #   make debian  the module for Debian 12's packaged NGINX (needs nginx-dev)
 #   make deb     the Debian package libnginx-mod-http-sessions (build/deb/*.deb)
 #   make deb-deps  Debian's nginx, nginx-dev and dpkg-dev, no service started (as root)
@@ -14,7 +15,7 @@ BUILD   := $(CURDIR)/build
 PROFILE := release
 TARGET  := $(CURDIR)/target/$(PROFILE)
 
-.PHONY: all deps deb-deps build run test bench clean lint debian deb
+.PHONY: all deps deb-deps build run test bench fuzz clean lint debian deb
 
 all: build
 
@@ -50,6 +51,9 @@ lint:
 
 bench: deps build
 	bash bench/run.sh
+
+fuzz:
+	bash scripts/fuzz.sh
 
 debian:
 	bash scripts/build-debian.sh

@@ -19,8 +19,11 @@ use ngx::ngx_log_error;
 use crate::conf::{MainConf, Resolved};
 use crate::cookie::{CookieCollector, Incoming};
 use crate::ctx::{self, RequestCtx};
+use crate::fetch_metadata;
 use crate::identity::{self, Identity};
 use crate::log::{self, debug_http};
+use crate::metrics;
+use crate::pass_cookie;
 use crate::redis::{self, Failure, Upstream};
 use crate::redis_flow::{Flow, Reply, Step};
 use crate::session::{self, Client, Evaluation};
@@ -73,8 +76,23 @@ fn kind(incoming: Incoming) -> &'static str {
     }
 }
 
-/// Access phase: evaluate the session of a main request once.
+/// Access phase: evaluate the session of a main request once; once it is decided and the
+/// request goes on, apply `sessions_pass_cookie off`.
 unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: NGINX calls phase handlers with a live request.
+    let rc = unsafe { evaluate(r) };
+    // SAFETY: as above.
+    if rc == Status::NGX_DECLINED.into() && unsafe { pass_cookie::apply(r) }.is_err() {
+        return Status::NGX_ERROR.into();
+    }
+    rc
+}
+
+/// Evaluates the session of a main request once.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: NGINX calls phase handlers with a live request.
     let req = unsafe { &*r };
     if req.main != r {
@@ -106,6 +124,9 @@ unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     let Some((eval, incoming)) = identity::with(res, mcf, |id| {
         let (incoming, client) = (incoming(req, &id), client(req, &id));
+        if fetch_metadata::held_back(req, res.samesite, incoming) {
+            return (fetch_metadata::NO_SESSION, incoming);
+        }
         let now = now_secs();
         let eval = match mcf.zone.lock() {
             Some(mut locked) => {
@@ -136,6 +157,7 @@ unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         kind(incoming)
     );
     log::outcome(log::request_log(req), &eval, incoming);
+    metrics::evaluated(mcf, &eval);
     if eval.status == session::Status::Error {
         log::store_full(log::request_log(req));
     }
@@ -187,6 +209,8 @@ unsafe fn start_redis(
     if !sent {
         // Decided without waiting (or Redis is down): no suspension.
         debug_http!(req, "sessions redis: decided without waiting");
+        // SAFETY: the context was created above and lives as long as the request.
+        metrics::evaluated(mcf, unsafe { &(*ctx).eval });
         return Status::NGX_DECLINED.into();
     }
     debug_http!(req, "sessions redis: request suspended");
@@ -228,6 +252,9 @@ unsafe fn session_step(ctx: *mut RequestCtx, reply: Option<Result<Reply, Failure
             (None, _) => {
                 let incoming = incoming(req, &id);
                 *incoming_slot = incoming;
+                if fetch_metadata::held_back(req, res.samesite, incoming) {
+                    return Step::Done(fetch_metadata::NO_SESSION);
+                }
                 let (started, step) =
                     Flow::start(incoming, now_secs(), &res.policy, &client(req, &id));
                 *flow = Some(started);
@@ -302,6 +329,10 @@ unsafe fn redis_done(data: *mut c_void, reply: Result<Reply, Failure>) {
     // SAFETY: as above; the command that answered is no longer in flight.
     if unsafe { session_step(ctx, if identity_reply { None } else { Some(reply) }) } {
         return;
+    }
+    if let Some(mcf) = Module::main_conf(req) {
+        // SAFETY: as above; nothing else borrows the context meanwhile.
+        metrics::evaluated(mcf, unsafe { &(*ctx).eval });
     }
     // Decided. Resume from a posted event, not from inside the Redis connection's handler;
     // the request stays `waiting` until then, so that a phase run in between (a write

@@ -1,18 +1,23 @@
-//! The header filter: adds our `Set-Cookie` once per main request, when the session
-//! started or was renewed, and hides one an upstream may have sent for our name.
+//! The header filter of main requests where sessions are on: removes every `Set-Cookie`
+//! for our name that an upstream or `add_header` put there, whatever the session's
+//! status; adds ours once when the session started or was renewed, and then keeps the
+//! response out of shared caches (`Cache-Control: private`). It runs after
+//! `ngx_http_headers_filter_module` (see `ngx_module_order` in lib.rs), so it sees what
+//! `add_header` and `expires` wrote.
 
 use core::cell::Cell;
 
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_http_output_header_filter_pt, ngx_http_request_t, ngx_int_t, ngx_list_part_t,
-    ngx_list_push, ngx_palloc, ngx_table_elt_t,
+    ngx_list_push, ngx_palloc, ngx_str_t, ngx_table_elt_t,
 };
-use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf};
 
 use crate::cookie;
 use crate::ctx;
-use crate::identity;
+use crate::http;
+use crate::identity::{self, Identity};
 use crate::log::debug_http;
 use crate::session::Evaluation;
 use crate::Module;
@@ -39,19 +44,9 @@ pub(crate) fn install() {
 unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: NGINX calls filters with a live request.
     if unsafe { (*r).main } == r {
-        // SAFETY: live request; the borrow ends inside.
-        let due = unsafe {
-            ctx::with(r, |ctx| {
-                let due = ctx.eval.set_cookie && !ctx.cookie_sent;
-                ctx.cookie_sent |= due;
-                due.then_some(ctx.eval)
-            })
-        };
-        if let Some(Some(eval)) = due {
-            // SAFETY: live main request.
-            if unsafe { set_cookie(r, &eval) }.is_none() {
-                return Status::NGX_ERROR.into();
-            }
+        // SAFETY: live main request.
+        if unsafe { main_response(r) }.is_none() {
+            return Status::NGX_ERROR.into();
         }
     }
     match NEXT_HEADER_FILTER.0.get() {
@@ -61,72 +56,182 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
 }
 
-/// Writes the one `Set-Cookie` line: one buffer of the exact size, from the request pool.
+/// The main request's response header. `None` only when memory ran out.
 ///
 /// # Safety
 /// `r` is a live main request.
-unsafe fn set_cookie(r: *mut ngx_http_request_t, eval: &Evaluation) -> Option<()> {
+unsafe fn main_response(r: *mut ngx_http_request_t) -> Option<()> {
+    // SAFETY: live request; the borrow ends inside.
+    let evaluated = unsafe {
+        ctx::with(r, |ctx| {
+            let due = ctx.eval.set_cookie && !ctx.cookie_sent;
+            ctx.cookie_sent |= due;
+            due.then_some(ctx.eval)
+        })
+    };
     // SAFETY: the caller's contract; nothing else borrows the request while the filter runs.
     let req = unsafe { &mut *r };
-    let Some(sid) = eval.id else { return Some(()) };
-    let (mcf, scf) = (Module::main_conf(req)?, Module::server_conf(req)?);
-    let res = scf.resolved.as_ref()?;
+    // Sessions are on: evaluated here, or on in the location (answered before the access
+    // phase, e.g. by `return`).
+    if evaluated.is_none() && !Module::location_conf(req).is_some_and(|l| l.enabled()) {
+        return Some(());
+    }
+    let (Some(mcf), Some(scf)) = (Module::main_conf(req), Module::server_conf(req)) else {
+        return Some(());
+    };
+    let Some(res) = scf.resolved.as_ref() else { return Some(()) };
     let secure = match res.secure {
         cookie::Secure::On => true,
         cookie::Secure::Off => false,
         cookie::Secure::Auto => is_https(req),
     };
     identity::with(res, mcf, |id| {
-        let value = id.signer.seal(id.name, &sid);
-        let len = cookie::set_cookie_len(id.name, &res.suffix, secure);
-        // SAFETY: the request pool is live; the buffer is checked and fully written below.
-        let buf = unsafe { ngx_palloc(req.pool, len) }.cast::<u8>();
-        if buf.is_null() {
-            return None;
-        }
-        // SAFETY: `buf` holds `len` bytes, uninitialised but written before being read.
-        let out = unsafe { core::slice::from_raw_parts_mut(buf, len) };
-        let n = cookie::write_set_cookie(out, id.name, &value, &res.suffix, secure);
-        debug_http!(req, "sessions: adding Set-Cookie ({} bytes)", n);
-
-        // Never two Set-Cookie lines for our name: hide one an upstream may have sent.
+        // Never a Set-Cookie for our name but ours.
         // SAFETY: the response's header list is live; nothing else walks it meanwhile.
         unsafe {
             for_each_header_mut(&mut req.headers_out.headers.part, |h| {
                 if h.hash != 0
                     && h.key.as_bytes().eq_ignore_ascii_case(b"set-cookie")
-                    && h.value
-                        .as_bytes()
-                        .strip_prefix(id.name)
-                        .is_some_and(|v| v.first() == Some(&b'='))
+                    && http::sets_cookie(h.value.as_bytes(), id.name)
                 {
+                    debug_http!(req, "sessions: removing a Set-Cookie for our name");
                     // Filters skip headers with hash 0 (NGINX's way of deleting one).
                     h.hash = 0;
                 }
             })
         };
-
-        // SAFETY: the response's header list is live.
-        let h = unsafe { ngx_list_push(&mut req.headers_out.headers) }.cast::<ngx_table_elt_t>();
-        // SAFETY: a fresh element of that list, or null.
-        let h = unsafe { h.as_mut() }?;
-        h.hash = 1;
-        h.key = ngx::ngx_string!("Set-Cookie");
-        h.value = ngx::ffi::ngx_str_t { len: n, data: buf };
-        h.lowcase_key = c"set-cookie".as_ptr().cast_mut().cast();
-        #[cfg(nginx1_23_0)]
-        {
-            h.next = core::ptr::null_mut();
+        match evaluated {
+            Some(Some(eval)) => {
+                // SAFETY: the caller's contract.
+                unsafe { set_cookie(req, &eval, &id, &res.suffix, secure) }?;
+                // SAFETY: as above.
+                unsafe { make_private(req) }
+            }
+            _ => Some(()),
         }
-        Some(())
-    })?
+    })
+    .unwrap_or(Some(()))
+}
+
+/// Writes the one `Set-Cookie` line: one buffer of the exact size, from the request pool.
+///
+/// # Safety
+/// `req` is a live main request.
+unsafe fn set_cookie(
+    req: &mut ngx_http_request_t,
+    eval: &Evaluation,
+    id: &Identity,
+    suffix: &[u8],
+    secure: bool,
+) -> Option<()> {
+    let Some(sid) = eval.id else { return Some(()) };
+    let value = id.signer.seal(id.name, &sid);
+    let len = cookie::set_cookie_len(id.name, suffix, secure);
+    // SAFETY: the request pool is live; the buffer is checked and fully written below.
+    let buf = unsafe { ngx_palloc(req.pool, len) }.cast::<u8>();
+    if buf.is_null() {
+        return None;
+    }
+    // SAFETY: `buf` holds `len` bytes, uninitialised but written before being read.
+    let out = unsafe { core::slice::from_raw_parts_mut(buf, len) };
+    let n = cookie::write_set_cookie(out, id.name, &value, suffix, secure);
+    debug_http!(req, "sessions: adding Set-Cookie ({} bytes)", n);
+    // SAFETY: the caller's contract.
+    let h = unsafe { push_header(req, ngx::ngx_string!("Set-Cookie"), c"set-cookie") }?;
+    h.value = ngx_str_t { len: n, data: buf };
+    Some(())
+}
+
+/// SPEC step 6: a response with our `Set-Cookie` is never stored by a shared cache. The
+/// `Cache-Control` lines (an upstream's, `expires`, `add_header`) become one, with
+/// `private` added and `public` / `s-maxage` removed; one is created if there was none.
+///
+/// # Safety
+/// `req` is a live main request.
+unsafe fn make_private(req: &mut ngx_http_request_t) -> Option<()> {
+    let mut existing: Option<Vec<u8>> = None;
+    let mut first: *mut ngx_table_elt_t = core::ptr::null_mut();
+    // SAFETY: the response's header list is live; nothing else walks it meanwhile.
+    unsafe {
+        for_each_header_mut(&mut req.headers_out.headers.part, |h| {
+            if h.hash == 0 || !h.key.as_bytes().eq_ignore_ascii_case(b"cache-control") {
+                return;
+            }
+            let joined = existing.get_or_insert_with(Vec::new);
+            if !joined.is_empty() {
+                joined.push(b',');
+            }
+            joined.extend_from_slice(h.value.as_bytes());
+            if first.is_null() {
+                first = h;
+            } else {
+                h.hash = 0;
+            }
+        })
+    };
+    let value = http::private_cache_control(existing.as_deref());
+    // SAFETY: the request pool is live.
+    let value = unsafe { ngx_str_t::from_bytes(req.pool, &value) }?;
+    // SAFETY: null or an element of the live header list.
+    let h = match unsafe { first.as_mut() } {
+        Some(h) => h,
+        // SAFETY: the caller's contract.
+        None => unsafe { push_header(req, ngx::ngx_string!("Cache-Control"), c"cache-control") }?,
+    };
+    h.value = value;
+    #[cfg(nginx1_23_0)]
+    {
+        h.next = core::ptr::null_mut();
+    }
+    let h: *mut ngx_table_elt_t = h;
+    // The lines are one now; `headers_out.cache_control` is what NGINX's own filters read.
+    #[cfg(nginx1_23_0)]
+    {
+        req.headers_out.cache_control = h;
+    }
+    #[cfg(not(nginx1_23_0))]
+    {
+        // Before 1.23.0: an array of pointers to the lines.
+        let lines = &mut req.headers_out.cache_control;
+        if lines.nelts > 0 && !lines.elts.is_null() {
+            // SAFETY: a live array of `ngx_table_elt_t *` with at least one element.
+            unsafe { lines.elts.cast::<*mut ngx_table_elt_t>().write(h) };
+            lines.nelts = 1;
+        }
+    }
+    debug_http!(req, "sessions: Cache-Control made private");
+    Some(())
+}
+
+/// Appends a response header line; its value is for the caller to set.
+///
+/// # Safety
+/// `req` is a live request; `lowcase_key` is `key` in lower case.
+unsafe fn push_header<'r>(
+    req: &'r mut ngx_http_request_t,
+    key: ngx_str_t,
+    lowcase_key: &'static core::ffi::CStr,
+) -> Option<&'r mut ngx_table_elt_t> {
+    // SAFETY: the response's header list is live.
+    let h = unsafe { ngx_list_push(&mut req.headers_out.headers) }.cast::<ngx_table_elt_t>();
+    // SAFETY: a fresh element of that list, or null.
+    let h = unsafe { h.as_mut() }?;
+    h.hash = 1;
+    h.key = key;
+    h.value = ngx_str_t { len: 0, data: core::ptr::null_mut() };
+    h.lowcase_key = lowcase_key.as_ptr().cast_mut().cast();
+    #[cfg(nginx1_23_0)]
+    {
+        h.next = core::ptr::null_mut();
+    }
+    Some(h)
 }
 
 /// Calls `f` for every header line of a list, mutably (`NgxListIterator` only lends them).
 ///
 /// # Safety
 /// `part` must be the first part of a live header list, not otherwise borrowed.
-unsafe fn for_each_header_mut(
+pub(crate) unsafe fn for_each_header_mut(
     mut part: *mut ngx_list_part_t,
     mut f: impl FnMut(&mut ngx_table_elt_t),
 ) {

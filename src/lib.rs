@@ -13,27 +13,34 @@
 //! - `identity.rs`: the secret and cookie name a request uses;
 //! - `ctx.rs`: the per-request state;
 //! - `access.rs`: the access phase that evaluates the session (shm, or Redis with resume);
+//! - `fetch_metadata.rs`: no session from a cookieless cross-site request (SPEC step 7);
 //! - `filter.rs`: the header filter that sets the cookie;
+//! - `pass_cookie.rs`: `sessions_pass_cookie off` (our cookie kept from the upstream);
 //! - `variables.rs`: `$session_*`;
+//! - `metrics.rs`: `sessions_metrics` and the calls that feed its counters;
 //! - `log.rs`: fingerprints, outcome lines, rate-limited lines, debug lines.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(unreachable_pub)]
 
-use sessions_core::{cookie, redis_flow, redis_url, session, state, table};
+use sessions_core::{cookie, http, redis_flow, redis_url, session, state, table};
 
 mod access;
 mod conf;
 mod ctx;
+mod fetch_metadata;
 mod filter;
 mod identity;
 mod log;
+mod metrics;
+mod pass_cookie;
 mod redis;
 mod shm;
 mod state_file;
 mod variables;
 
+use core::ffi::c_char;
 use core::ptr;
 
 use ngx::core::Status;
@@ -92,8 +99,46 @@ static NGX_HTTP_SESSIONS_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     merge_loc_conf: Some(Module::merge_loc_conf),
 };
 
+/// A NULL-terminated array of pointers exported to NGINX's `dlsym`. The pointers are to
+/// immutable statics (C strings, the module), so sharing them between threads is sound.
+#[repr(transparent)]
+pub struct Exported<T, const N: usize>([*const T; N]);
+
+// SAFETY: the arrays are never written, and what they point to is either immutable or
+// written only by NGINX's single-threaded configuration load.
+unsafe impl<T, const N: usize> Sync for Exported<T, N> {}
+
+// What `load_module` looks up (`ngx_load_module` in src/core/nginx.c): the modules of
+// this object, their names, and where they go in the module order. `ngx::ngx_modules!`
+// would export an empty order, so the three symbols are written out here.
+
 #[cfg(feature = "export-modules")]
-ngx::ngx_modules!(ngx_http_sessions_module);
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static ngx_modules: Exported<ngx_module_t, 2> =
+    Exported([ptr::addr_of!(ngx_http_sessions_module), ptr::null()]);
+
+#[cfg(feature = "export-modules")]
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static ngx_module_names: Exported<c_char, 2> =
+    Exported([c"ngx_http_sessions_module".as_ptr(), ptr::null()]);
+
+/// The module goes right before `ngx_http_headers_filter_module` (`ngx_add_module` in
+/// src/core/ngx_module.c), where NGINX's build puts its own dynamic filter modules.
+/// Filters install themselves in module order, each on top of the chain, so our header
+/// filter then runs after the headers filter: it sees the `Cache-Control` of `expires` and
+/// the `Set-Cookie` of `add_header`, and has the last word on both. The access handler
+/// still registers after those of the static access modules (auth_basic, access,
+/// limit_req, ...), which come earlier in the order, so it still runs before them.
+#[cfg(feature = "export-modules")]
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static ngx_module_order: Exported<c_char, 3> = Exported([
+    c"ngx_http_sessions_module".as_ptr(),
+    c"ngx_http_headers_filter_module".as_ptr(),
+    ptr::null(),
+]);
 
 #[used]
 #[allow(non_upper_case_globals)]

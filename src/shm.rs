@@ -34,13 +34,14 @@ use crate::session::BindingKey;
 use crate::state::{self, ZoneIdentity};
 use crate::state_file;
 use crate::table::{self, Header, Slot, SlotTable, TableCopy};
+use sessions_core::metrics::Counters;
 
 /// Marks a root laid out by this version of the module. NGINX hands a zone over to the next
 /// configuration only when its name, size and tag (the address of this module's
 /// `ngx_module_t`, so the same loaded module) are unchanged, and a binary upgrade starts with
 /// fresh zones; a root of another layout is therefore never met in practice, and is refused
 /// rather than read if it ever is. Change it with the layout of `Root`, `Header` or `Slot`.
-const MAGIC: u64 = u64::from_le_bytes(*b"ngxsess3");
+const MAGIC: u64 = u64::from_le_bytes(*b"ngxsess4");
 
 /// What lives at the start of the zone, found again through `shpool->data`.
 #[repr(C)]
@@ -56,6 +57,8 @@ struct Root {
     nbuckets: usize,
     slots: *mut Slot,
     nslots: usize,
+    /// The workers' metrics counters (`sessions_core::metrics`), in their own block.
+    counters: *mut Counters,
 }
 
 /// The random secret and name of a zone, the same in every worker and kept across
@@ -187,6 +190,31 @@ impl SharedZone {
         locked.table().copy_into(copy);
         Some(identity)
     }
+
+    /// The workers' metrics counters kept in the zone (no lock: they are atomics).
+    pub(crate) fn counters(&self) -> Option<&Counters> {
+        let SharedZone::Ready(zone, ..) = self else { return None };
+        // SAFETY: a ready zone is mapped for the whole cycle, and so is the counters block
+        // its root points to; only atomics are reached through the shared reference.
+        unsafe { root_of(zone.as_ptr()).and_then(|root| (*root).counters.as_ref()) }
+    }
+}
+
+/// The zone's root, if it is laid out by this version.
+///
+/// # Safety
+/// `zone` is a live, mapped zone declared by [`SharedZone::configure`].
+unsafe fn root_of(zone: *mut ngx_shm_zone_t) -> Option<*mut Root> {
+    // SAFETY: the caller's contract: the zone and its slab pool are mapped; the root is
+    // written once, before any worker exists.
+    unsafe {
+        let pool = (*zone).shm.addr.cast::<ngx_slab_pool_t>();
+        if pool.is_null() {
+            return None;
+        }
+        let root = (*pool).data.cast::<Root>();
+        (!root.is_null() && (*root).magic == MAGIC).then_some(root)
+    }
 }
 
 unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> ngx_int_t {
@@ -204,7 +232,11 @@ unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
     let root = unsafe {
         let existing = (*pool).data.cast::<Root>();
         if !existing.is_null() && (*existing).magic == MAGIC {
-            // Reload with the same name and size: keep sessions, secret and name.
+            // Reload with the same name and size: keep sessions, secret, name and counts;
+            // the old workers' view of Redis goes with them.
+            if let Some(counters) = (*existing).counters.as_ref() {
+                counters.forget_redis_states();
+            }
             existing
         } else if !existing.is_null() {
             // Another layout in a zone handed over by a reload: the running workers still
@@ -258,6 +290,13 @@ unsafe fn new_root(pool: *mut ngx_slab_pool_t) -> Option<*mut Root> {
         if root.is_null() {
             return None;
         }
+        // Whole pages (page-aligned, so each worker's cache-line block stays its own).
+        let counters = ngx_slab_alloc_locked(pool, size_of::<Counters>()).cast::<Counters>();
+        if counters.is_null() {
+            return None;
+        }
+        // All-zero bytes are an empty `Counters` (nothing but atomics).
+        ptr::write_bytes(counters, 0, 1);
         // The table takes every page left, in one block (page-aligned, so the 64-byte slots
         // after a power-of-two bucket array are cache-line aligned).
         let page = ngx_pagesize;
@@ -288,6 +327,7 @@ unsafe fn new_root(pool: *mut ngx_slab_pool_t) -> Option<*mut Root> {
             nbuckets,
             slots,
             nslots,
+            counters,
         });
         let mut t = SlotTable::new(
             &mut (*root).header,

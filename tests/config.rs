@@ -59,6 +59,8 @@ fn bad_flag_and_enum_values() {
     check_bad(Ctx::Http, "sessions_cookie_samesite \"\"; # BAD", true);
     check_bad(Ctx::Server, "sessions_cookie_secure maybe; # BAD", true);
     check_bad(Ctx::Http, "sessions_cookie_secure; # BAD", true);
+    check_bad(Ctx::Location, "sessions_pass_cookie maybe; # BAD", true);
+    check_bad(Ctx::Server, "sessions_pass_cookie; # BAD", true);
 }
 
 #[test]
@@ -135,6 +137,67 @@ fn cookie_prefix_and_samesite_rules() {
         "sessions_cookie_secure off; sessions_cookie_samesite none; # BAD",
         false,
     );
+}
+
+/// Attributes and the name are literal: a `$` would be sent as written (`Domain=$host`),
+/// so it is refused with a message that says why (issue 8, finding 6).
+#[test]
+fn dollar_in_name_or_attributes_is_refused() {
+    for d in [
+        "sessions_cookie_domain $host; # BAD",
+        "sessions_cookie_domain example.com$1; # BAD",
+        "sessions_cookie_path /$uri; # BAD",
+        "sessions_cookie_path \"/app$\"; # BAD",
+        "sessions_name s$id; # BAD",
+        "sessions_name $cookie_sid; # BAD",
+    ] {
+        for ctx in [Ctx::Http, Ctx::Server] {
+            let b = match ctx {
+                Ctx::Http => body(d, "", ""),
+                _ => body("", d, ""),
+            };
+            let t = nginx_t_http(&b);
+            t.assert_emerg(Some(line_of(&t.conf_text, "# BAD")));
+            assert!(
+                t.stderr.contains("\"$\"") && t.stderr.contains("variables are not expanded"),
+                "{d}: the message should say that variables are not expanded:\n{}",
+                t.stderr
+            );
+        }
+    }
+    check_good("sessions_cookie_domain example.com; sessions_cookie_path /app;", "", "");
+}
+
+/// Browsers match the `__Host-` / `__Secure-` prefixes ignoring case, so the rules apply
+/// to `__host-x` and `__SECURE-x` too (issue 8, finding 6).
+#[test]
+fn cookie_prefixes_match_ignoring_case() {
+    for name in ["__host-sid", "__HOST-sid", "__hOsT-sid"] {
+        check_bad(
+            Ctx::Http,
+            &format!("sessions_name {name}; # BAD\n sessions_cookie_domain example.com;"),
+            true,
+        );
+        check_bad(
+            Ctx::Server,
+            &format!("sessions_name {name}; # BAD\n sessions_cookie_path /app;"),
+            true,
+        );
+        check_bad(
+            Ctx::Http,
+            &format!("sessions_name {name}; # BAD\n sessions_cookie_secure off;"),
+            true,
+        );
+    }
+    for name in ["__secure-sid", "__SECURE-sid"] {
+        check_bad(
+            Ctx::Http,
+            &format!("sessions_name {name}; # BAD\n sessions_cookie_secure off;"),
+            true,
+        );
+        check_good(&format!("sessions_name {name}; sessions_cookie_path /app;"), "", "");
+    }
+    check_good("sessions_name __host-sid;", "", "");
 }
 
 #[test]
@@ -218,6 +281,7 @@ fn every_directive_is_duplicate_when_repeated() {
         (&format!("sessions_redis {redis}"), &format!("sessions_redis {redis}")),
         ("sessions_redis_timeout 1s", "sessions_redis_timeout 2s"),
         ("sessions_redis_keepalive 10", "sessions_redis_keepalive 10"),
+        ("sessions_pass_cookie off", "sessions_pass_cookie on"),
     ] {
         let t = nginx_t_http(&body(&format!("{first};\n    {second}; # BAD"), "", ""));
         t.assert_emerg(Some(line_of(&t.conf_text, "# BAD")));
@@ -230,6 +294,13 @@ fn every_directive_is_duplicate_when_repeated() {
     // The same directive at two levels is an override, not a duplicate.
     check_good("sessions_idling_timeout 10s;", "sessions_idling_timeout 20s;", "");
     check_bad(Ctx::Server, "sessions off;\n sessions on; # BAD", true);
+    check_bad(Ctx::Location, "sessions_pass_cookie off;\n sessions_pass_cookie off; # BAD", true);
+    // sessions_pass_cookie works at every level, overridden below.
+    check_good(
+        "sessions_pass_cookie off;",
+        "sessions_pass_cookie on;",
+        "sessions_pass_cookie off;",
+    );
 }
 
 /// `sessions_redis off` alone is the shared-memory store; the Redis tuning directives are
@@ -300,8 +371,9 @@ fn good_configs_pass() {
         "",
         "",
     );
-    // nginx's own escapes and token characters in names
-    check_good("sessions_name \"My-Session_ID.v2!#$%&'*+^`|~\";", "", "");
+    // nginx's own escapes and token characters in names (all but `$`, which would read as
+    // a variable that is never expanded)
+    check_good("sessions_name \"My-Session_ID.v2!#%&'*+^`|~\";", "", "");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ const IDENTITY_KEY: &str = "ngx_sessions:identity";
 /// What the fake hands out as the shared random identity: 32 bytes of secret, then a
 /// 16-byte cookie name.
 const FAKE_IDENTITY: &[u8; 48] = b"fake-redis-secret-0123456789abcdFakeRedisCookie1";
+/// The key the module keeps its binding key under, and the fake's binding key.
+const BINDING_KEY_KEY: &str = "ngx_sessions:binding_key";
+const FAKE_BINDING_KEY: &[u8; 16] = b"fake-binding-key";
 const FAKE_COOKIE_NAME: &str = "FakeRedisCookie1";
 /// The timeout configured in every test here, and what a request may take in all.
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -140,10 +143,21 @@ fn answer(args: &[Vec<u8>], state: &FakeState) -> (Vec<u8>, bool) {
         b"EXISTS" => {
             ((if store.contains_key(&arg(1)) { ":1\r\n" } else { ":0\r\n" }).into(), false)
         }
-        b"EVAL" if arg(3) == IDENTITY_KEY.as_bytes() => (bulk(FAKE_IDENTITY), true),
-        // The replace script (DEL + SET NX) answers like SET; the compare-and-set, 1.
+        // The shared-state script: the binding key, then the identity when it is asked for
+        // (two keys). Only the identity's reply counts as "the identity script's".
+        b"EVAL" if arg(3) == BINDING_KEY_KEY.as_bytes() => {
+            let with_identity = arg(4) == IDENTITY_KEY.as_bytes();
+            let mut value = FAKE_BINDING_KEY.to_vec();
+            if with_identity {
+                value.extend_from_slice(FAKE_IDENTITY);
+            }
+            (bulk(&value), with_identity)
+        }
+        // The replace script (DEL + SET NX, with 2 or 3 keys) answers like SET; the
+        // compare-and-set, 1.
         b"EVAL" if String::from_utf8_lossy(&arg(1)).contains("'DEL'") => {
-            store.insert(arg(4), arg(5));
+            let keys: usize = String::from_utf8_lossy(&arg(2)).parse().unwrap_or(2);
+            store.insert(arg(4), arg(3 + keys));
             (b"+OK\r\n".to_vec(), false)
         }
         b"EVAL" => (b":1\r\n".to_vec(), false),

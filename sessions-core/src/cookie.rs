@@ -6,8 +6,8 @@
 //! HMAC-SHA256(secret, 0x01 ‖ len(name) ‖ name ‖ id). Binding the cookie name means a value
 //! cannot be replayed under another cookie name signed with the same secret.
 
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// Random bytes in a session ID (128 bits, OWASP / ASVS 5.0 7.2.3).
 pub const ID_LEN: usize = 16;
@@ -45,15 +45,23 @@ impl SessionId {
 
     /// The ID part of the cookie (what `$session_id` shows).
     pub fn encode(&self) -> [u8; B64_LEN] {
-        let mut out = [0u8; B64_LEN];
-        b64url_encode16(&self.0, &mut out);
-        out
+        b64url_encode16(&self.0)
     }
 
+    /// SHA-256 over a label and the ID, truncated: one-way, so that the store never
+    /// learns an ID. Label and ID fit in one block, hashed directly.
     pub fn store_key(&self) -> StoreKey {
-        let digest = Sha256::new().chain_update(DOMAIN_STORE_KEY).chain_update(self.0).finalize();
+        const LEN: usize = DOMAIN_STORE_KEY.len() + ID_LEN;
+        const _: () = assert!(LEN + 9 <= SHA256_BLOCK);
+        let mut block = [0u8; SHA256_BLOCK];
+        block[..DOMAIN_STORE_KEY.len()].copy_from_slice(DOMAIN_STORE_KEY);
+        block[DOMAIN_STORE_KEY.len()..LEN].copy_from_slice(&self.0);
+        block[LEN] = 0x80;
+        block[SHA256_BLOCK - 8..].copy_from_slice(&((LEN * 8) as u64).to_be_bytes());
+        let mut state = SHA256_IV;
+        compress(&mut state, &block);
         let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
+        key.copy_from_slice(&state_bytes(&state)[..16]);
         StoreKey(key)
     }
 }
@@ -81,41 +89,70 @@ pub fn fill_random(buf: &mut [u8]) {
     });
 }
 
-/// The keyed operations of one secret. Cloning a keyed HMAC is a memcpy, so the key
-/// schedule is paid once, at configuration time.
+/// The keyed operations of one secret: HMAC-SHA256 with the inner and outer SHA-256
+/// states after the key blocks computed once (at configuration time), so that each MAC of
+/// a short message costs two compressions and no per-call key schedule or copy of a
+/// generic hasher.
 #[derive(Clone)]
 pub struct Signer {
-    mac: Hmac<Sha256>,
+    /// SHA-256 state after `key ^ ipad`.
+    inner: [u32; 8],
+    /// SHA-256 state after `key ^ opad`.
+    outer: [u32; 8],
 }
 
 impl Signer {
     pub fn new(secret: &[u8]) -> Self {
-        // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-        let mac = match Hmac::<Sha256>::new_from_slice(secret) {
-            Ok(mac) => mac,
-            Err(_) => unreachable_hmac(),
-        };
-        Signer { mac }
+        // RFC 2104: a key longer than the block is hashed first, a shorter one padded.
+        let mut key = [0u8; SHA256_BLOCK];
+        if secret.len() > SHA256_BLOCK {
+            key[..32].copy_from_slice(&Sha256::digest(secret));
+        } else {
+            key[..secret.len()].copy_from_slice(secret);
+        }
+        let (mut ipad, mut opad) = ([0x36u8; SHA256_BLOCK], [0x5cu8; SHA256_BLOCK]);
+        for ((i, o), k) in ipad.iter_mut().zip(opad.iter_mut()).zip(key) {
+            *i ^= k;
+            *o ^= k;
+        }
+        let (mut inner, mut outer) = (SHA256_IV, SHA256_IV);
+        compress(&mut inner, &ipad);
+        compress(&mut outer, &opad);
+        Signer { inner, outer }
     }
 
-    fn tag(&self, name: &[u8], id: &SessionId) -> Hmac<Sha256> {
-        let mut mac = self.mac.clone();
+    /// HMAC-SHA256 of the concatenation of `parts`.
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut h = Sha256Midway::after_block(self.inner);
+        for part in parts {
+            h.update(part);
+        }
+        let inner = h.finish();
+        // The outer hash is one block: the key block was hashed already, and the inner
+        // digest, its padding and the length (64 + 32 bytes) fill the second.
+        let mut block = [0u8; SHA256_BLOCK];
+        block[..32].copy_from_slice(&inner);
+        block[32] = 0x80;
+        block[56..].copy_from_slice(&(((SHA256_BLOCK + 32) * 8) as u64).to_be_bytes());
+        let mut state = self.outer;
+        compress(&mut state, &block);
+        state_bytes(&state)
+    }
+
+    fn tag(&self, name: &[u8], id: &SessionId) -> [u8; 32] {
         // Cookie names are tokens well under 256 bytes (checked at configuration time).
-        mac.update(&[DOMAIN_TAG, name.len().min(255) as u8]);
-        mac.update(name);
-        mac.update(&id.0);
-        mac
+        self.mac(&[&[DOMAIN_TAG, name.len().min(255) as u8], name, &id.0])
     }
 
     /// The cookie value for `id` under cookie `name`.
     pub fn seal(&self, name: &[u8], id: &SessionId) -> [u8; VALUE_LEN] {
-        let tag = self.tag(name, id).finalize().into_bytes();
-        let mut out = [0u8; VALUE_LEN];
-        b64url_encode16(&id.0, &mut out[..B64_LEN]);
-        out[B64_LEN] = b'.';
+        let tag = self.tag(name, id);
         let mut tag16 = [0u8; TAG_LEN];
         tag16.copy_from_slice(&tag[..TAG_LEN]);
-        b64url_encode16(&tag16, &mut out[B64_LEN + 1..]);
+        let mut out = [0u8; VALUE_LEN];
+        out[..B64_LEN].copy_from_slice(&b64url_encode16(&id.0));
+        out[B64_LEN] = b'.';
+        out[B64_LEN + 1..].copy_from_slice(&b64url_encode16(&tag16));
         out
     }
 
@@ -128,18 +165,15 @@ impl Signer {
         let id = b64url_decode16(&value[..B64_LEN])?;
         let tag = b64url_decode16(&value[B64_LEN + 1..])?;
         let id = SessionId(id);
-        self.tag(name, &id).verify_truncated_left(&tag).ok()?;
-        Some(id)
+        let expected = self.tag(name, &id);
+        bool::from(expected[..TAG_LEN].ct_eq(&tag)).then_some(id)
     }
 
     /// The ID that replaces `id` at renewal. Derived, not random, so that every request
     /// (on any worker or instance) that renews the same ID arrives at the same successor,
     /// and the store never has to hold a raw ID to hand it out during the grace period.
     pub fn successor(&self, id: &SessionId) -> SessionId {
-        let mut mac = self.mac.clone();
-        mac.update(&[DOMAIN_SUCCESSOR]);
-        mac.update(&id.0);
-        let out = mac.finalize().into_bytes();
+        let out = self.mac(&[&[DOMAIN_SUCCESSOR], &id.0]);
         let mut next = [0u8; ID_LEN];
         next.copy_from_slice(&out[..ID_LEN]);
         SessionId(next)
@@ -147,20 +181,75 @@ impl Signer {
 
     /// `$session_id_hash`: 16 hex characters, stable for an ID, useless without the secret.
     pub fn log_hash(&self, id: &SessionId) -> [u8; ID_HASH_LEN] {
-        let mut mac = self.mac.clone();
-        mac.update(&[DOMAIN_LOG]);
-        mac.update(&id.0);
-        let out = mac.finalize().into_bytes();
+        let out = self.mac(&[&[DOMAIN_LOG], &id.0]);
         let mut hex = [0u8; ID_HASH_LEN];
         hex_encode(&out[..ID_HASH_LEN / 2], &mut hex);
         hex
     }
 }
 
-#[cold]
-fn unreachable_hmac() -> ! {
-    // Hmac<Sha256>::new_from_slice accepts every key length.
-    std::process::abort()
+const SHA256_BLOCK: usize = 64;
+/// FIPS 180-4 initial hash value.
+const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+/// One SHA-256 compression of one block.
+fn compress(state: &mut [u32; 8], block: &[u8; SHA256_BLOCK]) {
+    sha2::compress256(state, core::slice::from_ref(block.into()));
+}
+
+fn state_bytes(state: &[u32; 8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (o, w) in out.chunks_exact_mut(4).zip(state) {
+        o.copy_from_slice(&w.to_be_bytes());
+    }
+    out
+}
+
+/// A SHA-256 computation resumed from a state after whole blocks (the HMAC key block).
+struct Sha256Midway {
+    state: [u32; 8],
+    block: [u8; SHA256_BLOCK],
+    /// Bytes in `block`.
+    filled: usize,
+    /// Bytes hashed in all, the blocks before the resumed state included.
+    total: u64,
+}
+
+impl Sha256Midway {
+    /// Resumes after one block (the key block of HMAC).
+    fn after_block(state: [u32; 8]) -> Self {
+        Sha256Midway { state, block: [0; SHA256_BLOCK], filled: 0, total: SHA256_BLOCK as u64 }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = (SHA256_BLOCK - self.filled).min(data.len());
+            self.block[self.filled..self.filled + take].copy_from_slice(&data[..take]);
+            self.filled += take;
+            self.total += take as u64;
+            data = &data[take..];
+            if self.filled == SHA256_BLOCK {
+                compress(&mut self.state, &self.block);
+                self.filled = 0;
+            }
+        }
+    }
+
+    /// Padding and length (FIPS 180-4 5.1.1), then the digest.
+    fn finish(mut self) -> [u8; 32] {
+        let bits = self.total.wrapping_mul(8);
+        self.block[self.filled] = 0x80;
+        self.block[self.filled + 1..].fill(0);
+        if self.filled + 1 > SHA256_BLOCK - 8 {
+            compress(&mut self.state, &self.block);
+            self.block = [0; SHA256_BLOCK];
+        }
+        self.block[SHA256_BLOCK - 8..].copy_from_slice(&bits.to_be_bytes());
+        compress(&mut self.state, &self.block);
+        state_bytes(&self.state)
+    }
 }
 
 /// A fingerprint of a secret for the log: 16 hex characters of SHA-256 over a label and
@@ -178,8 +267,12 @@ pub fn fingerprint(secret: &[u8]) -> [u8; 16] {
 /// header value. Pairs are separated by `;` only (RFC 6265bis; a `,` is part of a value);
 /// whitespace around pairs is ignored; names match byte for byte.
 pub fn for_each_named<'a>(header: &'a [u8], name: &[u8], mut found: impl FnMut(&'a [u8])) {
-    for pair in header.split(|&b| b == b';') {
-        let pair = trim_ows(pair);
+    // The `;` are found with memchr (SIMD): on every request the whole header is scanned,
+    // and a byte-by-byte split cost more than the two SHA-256 compressions of the HMAC.
+    let mut start = 0;
+    for end in memchr::memchr_iter(b';', header).chain(core::iter::once(header.len())) {
+        let pair = trim_ows(header.get(start..end).unwrap_or(b""));
+        start = end + 1;
         if pair.len() > name.len() && pair.starts_with(name) && pair[name.len()] == b'=' {
             found(trim_ows(&pair[name.len() + 1..]));
         }
@@ -256,54 +349,61 @@ fn strip_quotes(v: &[u8]) -> &[u8] {
 
 const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-fn b64url_encode16(src: &[u8; 16], out: &mut [u8]) {
-    let mut o = 0;
-    for chunk in src.chunks(3) {
-        let n = match *chunk {
-            [a, b, c] => (a as u32) << 16 | (b as u32) << 8 | c as u32,
-            [a] => (a as u32) << 16,
-            _ => 0, // 16 = 5 * 3 + 1: the only partial chunk has one byte
-        };
-        let chars = if chunk.len() == 3 { 4 } else { 2 };
-        for i in 0..chars {
-            out[o] = B64URL[(n >> (18 - 6 * i) & 63) as usize];
-            o += 1;
-        }
+/// Value of each base64url character; `INVALID` for every other byte.
+const B64URL_VALUE: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 64 {
+        table[B64URL[i] as usize] = i as u8;
+        i += 1;
     }
-}
+    table
+};
+const INVALID: u8 = 0xff;
 
-fn b64url_value(c: u8) -> Option<u32> {
-    Some(match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'-' => 62,
-        b'_' => 63,
-        _ => return None,
-    } as u32)
+/// 16 bytes as 22 unpadded base64url characters.
+fn b64url_encode16(src: &[u8; 16]) -> [u8; B64_LEN] {
+    let mut out = [0u8; B64_LEN];
+    // 16 = 5 * 3 + 1: five whole groups, then one byte in two characters.
+    for i in 0..5 {
+        let n = u32::from(src[3 * i]) << 16
+            | u32::from(src[3 * i + 1]) << 8
+            | u32::from(src[3 * i + 2]);
+        out[4 * i] = B64URL[(n >> 18) as usize & 63];
+        out[4 * i + 1] = B64URL[(n >> 12) as usize & 63];
+        out[4 * i + 2] = B64URL[(n >> 6) as usize & 63];
+        out[4 * i + 3] = B64URL[n as usize & 63];
+    }
+    out[20] = B64URL[usize::from(src[15] >> 2)];
+    out[21] = B64URL[usize::from(src[15] & 3) << 4];
+    out
 }
 
 /// Strict decoding of exactly 22 characters into 16 bytes: the unused low bits of the
 /// last character must be zero, so that every ID has exactly one encoding.
 fn b64url_decode16(src: &[u8]) -> Option<[u8; 16]> {
-    if src.len() != B64_LEN {
+    let src: &[u8; B64_LEN] = src.try_into().ok()?;
+    let mut v = [0u8; B64_LEN];
+    let mut seen = 0u8;
+    for (v, &c) in v.iter_mut().zip(src) {
+        *v = B64URL_VALUE[usize::from(c)];
+        seen |= *v;
+    }
+    // Valid values are below 64; `INVALID` has the top bits set.
+    if seen & 0xc0 != 0 || v[21] & 0xf != 0 {
         return None;
     }
     let mut out = [0u8; 16];
-    for (i, quad) in src[..20].chunks(4).enumerate() {
-        let mut n = 0u32;
-        for &c in quad {
-            n = n << 6 | b64url_value(c)?;
-        }
+    for i in 0..5 {
+        let n = u32::from(v[4 * i]) << 18
+            | u32::from(v[4 * i + 1]) << 12
+            | u32::from(v[4 * i + 2]) << 6
+            | u32::from(v[4 * i + 3]);
         out[3 * i] = (n >> 16) as u8;
         out[3 * i + 1] = (n >> 8) as u8;
         out[3 * i + 2] = n as u8;
     }
-    let last = b64url_value(src[20])? << 6 | b64url_value(src[21])?;
-    if last & 0xf != 0 {
-        return None;
-    }
-    out[15] = (last >> 4) as u8;
+    out[15] = v[20] << 2 | v[21] >> 4;
     Some(out)
 }
 
@@ -351,6 +451,8 @@ pub enum Secure {
 #[derive(Debug, PartialEq, Eq)]
 pub enum AttrError {
     NameNotToken,
+    /// A `$` in the name or an attribute: they are literal, variables are not expanded.
+    Variable(&'static str),
     BadAttributeChar(&'static str),
     AttributeTooLong(&'static str),
     PathNotAbsolute,
@@ -366,6 +468,10 @@ impl std::fmt::Display for AttrError {
             AttrError::NameNotToken => {
                 f.write_str("cookie name must be an RFC 6265 token (letters, digits, !#$%&'*+-.^_`|~)")
             }
+            AttrError::Variable(what) => write!(
+                f,
+                "cookie {what} must not contain \"$\": it is literal, variables are not expanded"
+            ),
             AttrError::BadAttributeChar(what) => {
                 write!(f, "cookie {what} must not contain control characters, spaces, \";\" or \",\"")
             }
@@ -389,7 +495,8 @@ impl std::fmt::Display for AttrError {
     }
 }
 
-/// Checks a cookie attribute value (Domain, Path) for what would break the header.
+/// Checks a cookie attribute value (Domain, Path) for what would break the header, and
+/// for a `$` that suggests a variable (attributes are sent as written).
 pub fn check_attribute(value: &[u8], what: &'static str) -> Result<(), AttrError> {
     if value.len() > 1024 {
         return Err(AttrError::AttributeTooLong(what));
@@ -397,7 +504,28 @@ pub fn check_attribute(value: &[u8], what: &'static str) -> Result<(), AttrError
     if value.iter().any(|&c| c <= b' ' || c == 0x7f || c == b';' || c == b',') {
         return Err(AttrError::BadAttributeChar(what));
     }
+    if value.contains(&b'$') {
+        return Err(AttrError::Variable(what));
+    }
     Ok(())
+}
+
+/// Checks a configured cookie name: an RFC 6265 token of at most 255 bytes, without `$`
+/// (a token character, but in `nginx.conf` it reads as a variable that is never expanded).
+pub fn check_name(name: &[u8]) -> Result<(), AttrError> {
+    if !is_token(name) || name.len() > 255 {
+        return Err(AttrError::NameNotToken);
+    }
+    if name.contains(&b'$') {
+        return Err(AttrError::Variable("name"));
+    }
+    Ok(())
+}
+
+/// Whether `name` starts with `prefix`, ignoring ASCII case (as browsers match the
+/// `__Host-` and `__Secure-` prefixes).
+fn has_prefix_ignore_case(name: &[u8], prefix: &[u8]) -> bool {
+    name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix))
 }
 
 /// The attributes that follow `name=value` in every `Set-Cookie`, validated once.
@@ -415,9 +543,7 @@ impl CookieAttrs {
     /// `auto` where the name or SameSite demands Secure on every request.
     pub fn validate(&mut self, name: Option<&[u8]>) -> Result<(), AttrError> {
         if let Some(name) = name {
-            if !is_token(name) || name.len() > 255 {
-                return Err(AttrError::NameNotToken);
-            }
+            check_name(name)?;
         }
         if let Some(domain) = &self.domain {
             check_attribute(domain, "domain")?;
@@ -426,8 +552,8 @@ impl CookieAttrs {
         if !self.path.starts_with(b"/") {
             return Err(AttrError::PathNotAbsolute);
         }
-        let host = name.is_some_and(|n| n.starts_with(b"__Host-"));
-        let secure_prefix = host || name.is_some_and(|n| n.starts_with(b"__Secure-"));
+        let host = name.is_some_and(|n| has_prefix_ignore_case(n, b"__Host-"));
+        let secure_prefix = host || name.is_some_and(|n| has_prefix_ignore_case(n, b"__Secure-"));
         if host && self.domain.is_some() {
             return Err(AttrError::HostPrefixWithDomain);
         }
@@ -520,7 +646,95 @@ mod tests {
         assert_eq!(&v[..B64_LEN], &id.encode()[..]);
     }
 
+    /// The old implementation, on the `hmac` crate: cookies, successors and log hashes
+    /// made before the precomputed-state HMAC must come out the same.
+    fn reference_mac(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        for p in parts {
+            mac.update(p);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     #[test]
+    fn hmac_matches_the_hmac_crate() {
+        let mut secret = Vec::new();
+        let mut msg = Vec::new();
+        for key_len in [0usize, 1, 31, 32, 55, 56, 63, 64, 65, 100, 200] {
+            secret.clear();
+            secret.extend((0..key_len).map(|i| (i * 7 + key_len) as u8));
+            let s = Signer::new(&secret);
+            for msg_len in (0..=140).chain([191, 192, 255, 273, 300, 1000]) {
+                msg.clear();
+                msg.extend((0..msg_len).map(|i| (i * 13 + msg_len) as u8));
+                let expected = reference_mac(&secret, &[&msg]);
+                assert_eq!(s.mac(&[&msg]), expected, "key {key_len} msg {msg_len}");
+                // The same message in several parts.
+                let (a, b) = msg.split_at(msg_len / 3);
+                assert_eq!(s.mac(&[a, &[], b]), expected, "key {key_len} msg {msg_len} split");
+            }
+        }
+    }
+
+    #[test]
+    fn outputs_are_those_of_the_previous_implementation() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let s = Signer::new(secret);
+        for name in [&b"sid"[..], b"__Host-x", &[b'n'; 255]] {
+            for _ in 0..20 {
+                let id = SessionId::random();
+                let tag = reference_mac(secret, &[&[DOMAIN_TAG, name.len() as u8], name, &id.0]);
+                let v = s.seal(name, &id);
+                let mut tag16 = [0u8; TAG_LEN];
+                tag16.copy_from_slice(&tag[..TAG_LEN]);
+                assert_eq!(&v[B64_LEN + 1..], &b64url_encode16(&tag16)[..]);
+                let succ = reference_mac(secret, &[&[DOMAIN_SUCCESSOR], &id.0]);
+                assert_eq!(s.successor(&id).0[..], succ[..ID_LEN]);
+                let log = reference_mac(secret, &[&[DOMAIN_LOG], &id.0]);
+                let mut hex = [0u8; ID_HASH_LEN];
+                hex_encode(&log[..ID_HASH_LEN / 2], &mut hex);
+                assert_eq!(s.log_hash(&id), hex);
+                let digest =
+                    Sha256::new().chain_update(DOMAIN_STORE_KEY).chain_update(id.0).finalize();
+                assert_eq!(id.store_key().0[..], digest[..16]);
+            }
+        }
+    }
+
+    /// The table-driven codec against a plain bit-by-bit one.
+    #[test]
+    fn base64_matches_a_plain_codec() {
+        fn plain_encode(src: &[u8]) -> Vec<u8> {
+            let bits: Vec<u8> =
+                src.iter().flat_map(|b| (0..8).rev().map(move |i| b >> i & 1)).collect();
+            bits.chunks(6)
+                .map(|c| {
+                    let v =
+                        c.iter().chain(core::iter::repeat(&0)).take(6).fold(0, |a, &b| a << 1 | b);
+                    B64URL[v as usize]
+                })
+                .collect()
+        }
+        for _ in 0..500 {
+            let id = SessionId::random();
+            assert_eq!(&id.encode()[..], &plain_encode(&id.0)[..]);
+            assert_eq!(b64url_decode16(&id.encode()), Some(id.0));
+        }
+        let good = SessionId([0xa5; 16]).encode();
+        for i in 0..B64_LEN {
+            for c in 0..=255u8 {
+                let mut t = good;
+                t[i] = c;
+                let valid = B64URL.contains(&c) && (i < 21 || B64URL_VALUE[c as usize] & 0xf == 0);
+                assert_eq!(b64url_decode16(&t).is_some(), valid, "position {i} byte {c}");
+            }
+        }
+        assert_eq!(b64url_decode16(&good[..21]), None);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "3,000 HMACs: about 15 min under Miri")]
     fn every_character_substitution_is_rejected() {
         let s = signer();
         let v = s.seal(b"sid", &SessionId::random());
@@ -675,10 +889,62 @@ mod tests {
         let mut a = base.clone();
         a.path = b"app".to_vec();
         assert_eq!(a.validate(Some(b"s")), Err(AttrError::PathNotAbsolute));
-        let mut a = base;
+        let mut a = base.clone();
         a.domain = Some(b"a.example".to_vec());
         a.validate(Some(b"sid")).unwrap();
         assert_eq!(a.suffix(), b"; Domain=a.example; Path=/; HttpOnly; SameSite=Lax".to_vec());
+    }
+
+    #[test]
+    fn dollar_is_refused_everywhere() {
+        let base = CookieAttrs {
+            domain: None,
+            path: b"/".to_vec(),
+            samesite: SameSite::Lax,
+            secure: Secure::Auto,
+        };
+        let mut a = base.clone();
+        a.domain = Some(b"$host".to_vec());
+        assert_eq!(a.validate(Some(b"s")), Err(AttrError::Variable("domain")));
+        let mut a = base.clone();
+        a.path = b"/$uri".to_vec();
+        assert_eq!(a.validate(Some(b"s")), Err(AttrError::Variable("path")));
+        assert_eq!(base.clone().validate(Some(b"s$id")), Err(AttrError::Variable("name")));
+        assert_eq!(check_name(b"$cookie"), Err(AttrError::Variable("name")));
+        assert_eq!(check_attribute(b"a.example$", "domain"), Err(AttrError::Variable("domain")));
+        assert!(AttrError::Variable("domain").to_string().contains("variables are not expanded"));
+        check_name(b"sid").unwrap();
+    }
+
+    #[test]
+    fn prefixes_match_ignoring_case() {
+        let base = CookieAttrs {
+            domain: None,
+            path: b"/".to_vec(),
+            samesite: SameSite::Lax,
+            secure: Secure::Auto,
+        };
+        for name in [&b"__host-s"[..], b"__HOST-s", b"__Host-s", b"__hOsT-s"] {
+            let mut a = base.clone();
+            a.domain = Some(b"x.example".to_vec());
+            assert_eq!(a.validate(Some(name)), Err(AttrError::HostPrefixWithDomain));
+            let mut a = base.clone();
+            a.path = b"/app".to_vec();
+            assert_eq!(a.validate(Some(name)), Err(AttrError::HostPrefixWithPath));
+            let mut a = base.clone();
+            a.validate(Some(name)).unwrap();
+            assert_eq!(a.secure, Secure::On, "{}", String::from_utf8_lossy(name));
+        }
+        for name in [&b"__secure-s"[..], b"__SECURE-s", b"__Secure-s"] {
+            let mut a = base.clone();
+            a.secure = Secure::Off;
+            assert_eq!(a.validate(Some(name)), Err(AttrError::PrefixWithoutSecure));
+        }
+        // Not a prefix: the rules do not apply.
+        let mut a = base.clone();
+        a.path = b"/app".to_vec();
+        a.validate(Some(b"_host-s")).unwrap();
+        assert_eq!(a.secure, Secure::Auto);
     }
 
     #[test]
@@ -694,6 +960,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot fork")]
     fn ids_differ_after_fork() {
         // Warm the generator in this process, then fork: parent and child must differ.
         let _ = SessionId::random();

@@ -2,13 +2,17 @@
 //! file's atomic write), time passed in.
 //!
 //! - [`cookie`]: finding our cookie in `Cookie` headers, the signed value, `Set-Cookie`.
+//! - [`http`]: Fetch Metadata, `Cache-Control` and `Cookie` header decisions.
 //! - [`session`]: records, timeouts, binding and renewal as a state machine.
 //! - [`table`]: the shared-memory table's layout and algorithm (over plain slices).
+//! - [`metrics`]: per-worker counters and their Prometheus text exposition.
 //! - [`redis_flow`]: the algorithm against Redis, as commands and replies.
 //! - [`redis_url`]: the `sessions_redis` URL.
 //! - [`state`]: the state file that carries a zone across restarts.
 
 pub mod cookie;
+pub mod http;
+pub mod metrics;
 pub mod redis_flow;
 pub mod redis_url;
 pub mod session;

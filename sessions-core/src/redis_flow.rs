@@ -319,9 +319,12 @@ impl Flow {
     fn apply(&mut self, id: SessionId, rec: Record, signer: &Signer, client: &Client) -> Step {
         let (now, policy) = (self.now, self.policy);
         match decide(&rec, now, &policy, client) {
-            Verdict::Valid { touch: false } => {
-                self.done(Evaluation { status: Status::Valid, id: Some(id), set_cookie: false })
-            }
+            Verdict::Valid { touch: false } => self.done(Evaluation {
+                status: Status::Valid,
+                id: Some(id),
+                set_cookie: false,
+                renewal: false,
+            }),
             Verdict::Valid { touch: true } => {
                 self.attempts += 1;
                 if self.attempts > MAX_ATTEMPTS {
@@ -330,6 +333,7 @@ impl Flow {
                         status: Status::Valid,
                         id: Some(id),
                         set_cookie: false,
+                        renewal: false,
                     });
                 }
                 let new = Record { last_seen: now, ..client.rebind(&rec) };
@@ -397,11 +401,13 @@ impl Flow {
                         status: Status::Renewed,
                         id: Some(next),
                         set_cookie: true,
+                        renewal: true,
                     }),
                     None => self.done(Evaluation {
                         status: Status::Valid,
                         id: Some(id),
                         set_cookie: false,
+                        renewal: false,
                     }),
                 },
                 // Someone else changed the record since we read it: decide again on theirs.
@@ -417,12 +423,15 @@ impl Flow {
                     status: Status::Renewed,
                     id: Some(next),
                     set_cookie: true,
+                    renewal: false,
                 }),
                 Reply::Int(_) => self.create(Status::Invalid, Some((id.store_key(), None)), client),
                 _ => Step::Done(self.failed()),
             },
             State::Creating { status, id } => match reply {
-                Reply::Ok => self.done(Evaluation { status, id: Some(id), set_cookie: true }),
+                Reply::Ok => {
+                    self.done(Evaluation { status, id: Some(id), set_cookie: true, renewal: false })
+                }
                 // The random ID is taken (never, in practice): draw another.
                 Reply::Nil => self.create(status, None, client),
                 _ => Step::Done(self.failed()),
@@ -576,11 +585,11 @@ mod tests {
         assert_eq!(r.run(Incoming::Verified(id), 1029, &ALICE).status, Status::Valid);
         assert_eq!(r.run(Incoming::Verified(id), 1058, &ALICE).status, Status::Valid);
         let e = r.run(Incoming::Verified(id), 1060, &ALICE);
-        assert_eq!(e.status, Status::Renewed);
+        assert_eq!((e.status, e.renewal), (Status::Renewed, true));
         let next = e.id.unwrap();
         assert_eq!(next, signer().successor(&id));
         let e = r.run(Incoming::Verified(id), 1061, &ALICE);
-        assert_eq!((e.status, e.id), (Status::Renewed, Some(next)));
+        assert_eq!((e.status, e.id, e.renewal), (Status::Renewed, Some(next), false));
         assert_eq!(r.run(Incoming::Verified(next), 1062, &ALICE).status, Status::Valid);
         assert_eq!(r.run(Incoming::Verified(id), 1075, &ALICE).status, Status::Invalid);
     }
@@ -617,6 +626,7 @@ mod tests {
         assert_eq!(ea.status, Status::Renewed);
         assert_eq!(eb.status, Status::Renewed);
         assert_eq!(ea.id, eb.id);
+        assert!(ea.renewal != eb.renewal, "exactly one of them renewed");
     }
 
     #[test]
@@ -634,7 +644,7 @@ mod tests {
             Step::Done(e) => e,
             s => panic!("{s:?}"),
         };
-        assert_eq!(e, Evaluation { status: Status::Error, id: Some(id), set_cookie: false });
+        assert_eq!(e, Evaluation::store_error(Some(id)));
     }
 
     #[test]

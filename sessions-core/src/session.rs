@@ -322,13 +322,16 @@ pub struct Evaluation {
     pub id: Option<SessionId>,
     /// Whether the response must carry `Set-Cookie` with `id`.
     pub set_cookie: bool,
+    /// This request renewed the ID (made the successor); `false` for an old ID in its
+    /// grace, answered with the successor an earlier request made.
+    pub renewal: bool,
 }
 
 impl Evaluation {
     /// The store could not be used: the request goes on, the cookie (and so its ID, if it
     /// verified) is left as it is.
     pub fn store_error(incoming: Option<SessionId>) -> Self {
-        Evaluation { status: Status::Error, id: incoming, set_cookie: false }
+        Evaluation { status: Status::Error, id: incoming, set_cookie: false, renewal: false }
     }
 }
 
@@ -390,6 +393,7 @@ pub fn evaluate<T: Table>(
                             status: Status::Valid,
                             id: Some(id),
                             set_cookie: false,
+                            renewal: false,
                         };
                     }
                     Verdict::Renew => {
@@ -414,6 +418,7 @@ pub fn evaluate<T: Table>(
                             status: Status::Renewed,
                             id: Some(next),
                             set_cookie: true,
+                            renewal: true,
                         };
                     }
                     // The successor must still exist: if it was destroyed (mismatch), the
@@ -425,6 +430,7 @@ pub fn evaluate<T: Table>(
                                 status: Status::Renewed,
                                 id: Some(next),
                                 set_cookie: true,
+                                renewal: false,
                             };
                         }
                         table.remove(&key);
@@ -466,7 +472,7 @@ fn start<T: Table>(
     for _ in 0..NEW_ID_ATTEMPTS {
         let id = SessionId::random();
         match table.insert(&id.store_key(), &rec, rec.expires_at(policy), false, now) {
-            Ok(()) => return Evaluation { status, id: Some(id), set_cookie: true },
+            Ok(()) => return Evaluation { status, id: Some(id), set_cookie: true, renewal: false },
             Err(StoreError::Exists) => continue,
             Err(StoreError::Unavailable) => break,
         }
@@ -542,7 +548,10 @@ mod tests {
         let mut t = MapTable::default();
         let id = begin(&mut t, 1000);
         let e = again(&mut t, id, 1001, &ALICE);
-        assert_eq!(e, Evaluation { status: Status::Valid, id: Some(id), set_cookie: false });
+        assert_eq!(
+            e,
+            Evaluation { status: Status::Valid, id: Some(id), set_cookie: false, renewal: false }
+        );
     }
 
     #[test]
@@ -581,6 +590,7 @@ mod tests {
         assert_eq!(again(&mut t, id, 1040, &ALICE).status, Status::Valid);
         let e = again(&mut t, id, 1060, &ALICE);
         assert_eq!(e.status, Status::Renewed);
+        assert!(e.renewal, "this request made the successor");
         let next = e.id.unwrap();
         assert_eq!(next, s.successor(&id));
         // In-flight requests with the old ID get the same successor.
@@ -588,7 +598,12 @@ mod tests {
             let e2 = again(&mut t, id, 1060 + dt, &ALICE);
             assert_eq!(
                 e2,
-                Evaluation { status: Status::Renewed, id: Some(next), set_cookie: true }
+                Evaluation {
+                    status: Status::Renewed,
+                    id: Some(next),
+                    set_cookie: true,
+                    renewal: false
+                }
             );
         }
         assert_eq!(again(&mut t, next, 1065, &ALICE).status, Status::Valid);
@@ -805,9 +820,9 @@ mod tests {
         assert_eq!(again(&mut t, id, 1058, &ALICE).status, Status::Valid);
         t.full = true;
         let e = evaluate(&mut t, Incoming::Absent, &signer(), 1000, &POLICY, &ALICE);
-        assert_eq!(e, Evaluation { status: Status::Error, id: None, set_cookie: false });
+        assert_eq!(e, Evaluation::store_error(None));
         let e = again(&mut t, id, 1060, &ALICE);
-        assert_eq!(e, Evaluation { status: Status::Error, id: Some(id), set_cookie: false });
+        assert_eq!(e, Evaluation::store_error(Some(id)));
         // Nothing lost: once there is room the renewal happens.
         t.full = false;
         assert_eq!(again(&mut t, id, 1061, &ALICE).status, Status::Renewed);

@@ -10,10 +10,10 @@ use core::ptr;
 use ngx::core::NGX_CONF_OK;
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_int_t, ngx_msec_t, ngx_parse_time, ngx_str_t, ngx_uint_t,
-    sockaddr, socklen_t, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_WARN,
+    sockaddr, socklen_t, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_WARN,
 };
-use ngx::http::HttpModuleMainConf;
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
 
 use super::error::{ConfError, Located};
@@ -150,10 +150,13 @@ const HTTP: u32 = NGX_HTTP_MAIN_CONF;
 const FLAG: u32 = NGX_CONF_FLAG;
 const TAKE1: u32 = NGX_CONF_TAKE1;
 const TAKE12: u32 = NGX_CONF_TAKE12;
+const LOC: u32 = NGX_HTTP_LOC_CONF;
+const NOARGS: u32 = NGX_CONF_NOARGS;
 
 /// The module's directives (NGINX reads the table, terminated by an empty entry).
-pub(crate) static mut COMMANDS: [ngx_command_t; 18] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 20] = [
     directive!("sessions", HTTP_ANY, FLAG, LocConf.enabled, parse_sessions),
+    directive!("sessions_pass_cookie", HTTP_ANY, FLAG, LocConf.pass_cookie, parse_on_off),
     directive!("sessions_secret", HTTP_SRV, TAKE1, SrvConf.secret, parse_secret),
     directive!("sessions_name", HTTP_SRV, TAKE1, SrvConf.name, parse_name),
     directive!("sessions_idling_timeout", HTTP_SRV, TAKE1, SrvConf.idle, parse_seconds),
@@ -169,6 +172,7 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 18] = [
     directive!("sessions_redis", HTTP, TAKE1, MainConf.redis, parse_redis),
     directive!("sessions_redis_timeout", HTTP, TAKE1, MainConf.redis_timeout, parse_msec),
     directive!("sessions_redis_keepalive", HTTP, TAKE1, MainConf.redis_keepalive, parse_keepalive),
+    directive!("sessions_metrics", LOC, NOARGS, LocConf.metrics, parse_metrics),
     directive!(
         "sessions_state_interval",
         HTTP,
@@ -246,11 +250,20 @@ fn parse_name(arg: &mut Arg) -> Result<NameSetting, ConfError> {
     if v == b"random" {
         return Ok(NameSetting::Random);
     }
-    if !cookie::is_token(v) || v.len() > 255 {
-        return Err(ConfError::msg(format!(
-            "invalid cookie name \"{}\" in \"sessions_name\": it must be an RFC 6265 token (letters, digits, !#$%&'*+-.^_`|~; no spaces, \";\", \",\" or \"=\")",
-            show(v)
-        )));
+    match cookie::check_name(v) {
+        Ok(()) => {}
+        Err(cookie::AttrError::NameNotToken) => {
+            return Err(ConfError::msg(format!(
+                "invalid cookie name \"{}\" in \"sessions_name\": it must be an RFC 6265 token (letters, digits, !#%&'*+-.^_`|~; no spaces, \";\", \",\" or \"=\")",
+                show(v)
+            )));
+        }
+        Err(e) => {
+            return Err(ConfError::msg(format!(
+                "invalid cookie name \"{}\" in \"sessions_name\": {e}",
+                show(v)
+            )));
+        }
     }
     Ok(NameSetting::Fixed(v.to_vec()))
 }
@@ -387,4 +400,13 @@ fn parse_redis(arg: &mut Arg) -> Result<RedisSetting, ConfError> {
         socklen: addr.socklen,
         name: addr.name,
     }))
+}
+
+/// `sessions_metrics`: the location's content handler answers with the metrics.
+fn parse_metrics(arg: &mut Arg) -> Result<(), ConfError> {
+    let Some(clcf) = NgxHttpCoreModule::location_conf_mut(&*arg.cf) else {
+        return Err(ConfError::msg("\"sessions_metrics\" needs a location"));
+    };
+    crate::metrics::install_handler(clcf);
+    Ok(())
 }

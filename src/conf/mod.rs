@@ -124,6 +124,8 @@ pub(crate) struct Resolved {
     /// The `Set-Cookie` attributes after the value (without `Secure`).
     pub(crate) suffix: Vec<u8>,
     pub(crate) secure: Secure,
+    /// Whether a cookieless cross-site request may start a session (SPEC step 7).
+    pub(crate) samesite: SameSite,
     pub(crate) policy: Policy,
 }
 
@@ -131,6 +133,10 @@ pub(crate) struct Resolved {
 #[derive(Default)]
 pub(crate) struct LocConf {
     enabled: Option<Setting<bool>>,
+    /// `sessions_metrics`: the location answers with the metrics (not inherited).
+    metrics: Option<Setting<()>>,
+    /// `sessions_pass_cookie`.
+    pass_cookie: Option<Setting<bool>>,
 }
 
 impl Level for LocConf {
@@ -138,14 +144,22 @@ impl Level for LocConf {
 }
 
 impl LocConf {
+    /// Sessions are evaluated here. Never in a `sessions_metrics` location: a scraper is
+    /// not a visitor, and each scrape would start a session.
     pub(crate) fn enabled(&self) -> bool {
-        self.enabled.is_some_and(|s| s.value)
+        self.enabled.is_some_and(|s| s.value) && self.metrics.is_none()
+    }
+
+    /// Whether the upstream gets our cookie (`sessions_pass_cookie`, default on).
+    pub(crate) fn pass_cookie(&self) -> bool {
+        value_or(&self.pass_cookie, true)
     }
 }
 
 impl Merge for LocConf {
     fn merge(&mut self, prev: &Self) -> Result<(), MergeConfigError> {
         inherit(&mut self.enabled, &prev.enabled);
+        inherit(&mut self.pass_cookie, &prev.pass_cookie);
         Ok(())
     }
 }
@@ -257,8 +271,14 @@ impl SrvConf {
             Some(Setting { value: SecretSetting::Key(k), .. }) => Some(Signer::new(k)),
             _ => None,
         };
-        self.resolved =
-            Some(Resolved { signer, name, suffix: attrs.suffix(), secure: attrs.secure, policy });
+        self.resolved = Some(Resolved {
+            signer,
+            name,
+            suffix: attrs.suffix(),
+            secure: attrs.secure,
+            samesite: attrs.samesite,
+            policy,
+        });
         Ok(())
     }
 

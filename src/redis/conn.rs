@@ -9,6 +9,7 @@
 //! must never meet the next command).
 
 use core::ptr;
+use std::time::Instant;
 
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_ERR as NGX_ERROR_ERR,
@@ -56,6 +57,9 @@ pub(super) struct Conn {
     /// When the command in flight must be over (`ngx_current_msec` clock), setup and a
     /// retry on a fresh connection included.
     deadline: ngx_msec_t,
+    /// When the caller's command began to be written, for the round-trip histogram (the
+    /// cached millisecond clock is too coarse for it).
+    sent_at: Option<Instant>,
 }
 
 /// Whether a pooled connection was closed by NGINX meanwhile.
@@ -137,6 +141,7 @@ unsafe fn load_next(conn: *mut Conn) {
         _ => {
             conn.phase = Phase::Command;
             conn.out.extend_from_slice(&conn.command);
+            conn.sent_at = Some(Instant::now());
         }
     }
 }
@@ -160,6 +165,7 @@ pub(super) unsafe fn connect(upstream: &Upstream) -> Result<*mut Conn, Failure> 
         reused: false,
         connecting: false,
         deadline: 0,
+        sent_at: None,
     }));
     // SAFETY: `conn` was just allocated; the address and name live in the configuration.
     unsafe {
@@ -326,6 +332,15 @@ unsafe fn on_reply(conn: *mut Conn, reply: Reply) {
                 flush(conn);
             }
             Phase::Command => {
+                let round_trip = (*conn).sent_at.take().map(|t| t.elapsed());
+                crate::metrics::with_worker(|w| {
+                    if let Some(d) = round_trip {
+                        w.redis_round_trip(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+                    }
+                    if matches!(reply, Reply::Error(_)) {
+                        w.redis_error();
+                    }
+                });
                 // Errors that say Redis cannot serve anyone (auth, read-only replica,
                 // out of memory, loading) open the breaker like a dead connection.
                 match &reply {
@@ -370,6 +385,7 @@ unsafe fn fail(conn: *mut Conn, f: Failure) {
         if f != Failure::Protocol {
             worker::mark_down(upstream, f.as_str());
         }
+        crate::metrics::with_worker(|w| w.redis_error());
         Waiter::complete(waiter, Err(f));
     }
 }

@@ -158,6 +158,7 @@ pub(crate) unsafe fn execute(
     let Some(deadline) = command_deadline(upstream, unsafe { (*waiter).deadline }) else {
         // The request's budget is spent: a timeout like any other (breaker included).
         worker::mark_down(upstream, Failure::Timeout.as_str());
+        crate::metrics::with_worker(|w| w.redis_error());
         return Err(Failure::Timeout);
     };
     // SAFETY: the caller's contract on `upstream` and `waiter`; pooled connections are
@@ -171,8 +172,10 @@ pub(crate) unsafe fn execute(
             conn::start(conn, command, waiter, true, deadline);
             return Ok(());
         }
-        let conn =
-            conn::connect(upstream).inspect_err(|&f| worker::mark_down(upstream, f.as_str()))?;
+        let conn = conn::connect(upstream).inspect_err(|&f| {
+            worker::mark_down(upstream, f.as_str());
+            crate::metrics::with_worker(|w| w.redis_error());
+        })?;
         conn::start(conn, command, waiter, false, deadline);
     }
     Ok(())

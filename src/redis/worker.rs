@@ -90,6 +90,7 @@ pub(crate) fn close_idle() {
 
 /// Opens the breaker; one log line when the state changes, not one per request.
 pub(super) fn mark_down(up: &Upstream, reason: &str) {
+    crate::metrics::with_worker(|w| w.redis_up(false));
     let opened = with_worker(|w| {
         w.retry_at = now().wrapping_add(RETRY_INTERVAL);
         !core::mem::replace(&mut w.down, true)
@@ -108,6 +109,7 @@ pub(super) fn mark_down(up: &Upstream, reason: &str) {
 
 /// Closes the breaker after a good reply.
 pub(super) fn mark_up(up: &Upstream) {
+    crate::metrics::with_worker(|w| w.redis_up(true));
     if with_worker(|w| core::mem::replace(&mut w.down, false)) {
         ngx_log_error!(
             NGX_LOG_NOTICE,

@@ -1,0 +1,264 @@
+//! The shared-memory table under random operation sequences, against a model.
+//!
+//! A small table (0 to ~120 slots, few buckets so chains collide) takes groups of
+//! operations; each group runs in one `SlotTable`, as one request does under the zone's
+//! lock (so the table's lookup cache lives across the group). After each group, a copy of
+//! the storage is probed for every key, which tells exactly which records are present
+//! without disturbing the LRU order of the real table.
+//!
+//! Checked: a found record is the one last stored for that key (times kept in 32 bits);
+//! a removed or never-inserted key is never found; a key known to be present is found and
+//! makes `insert` say `Exists`; inserting an absent key succeeds when the table has any
+//! slot; `len` equals the records present and never exceeds the capacity; only an insert
+//! makes records disappear, and one insert evicts at most one unexpired record, only
+//! when no slot was free after reclaiming expired ones.
+
+#![no_main]
+
+use std::collections::{HashMap, HashSet};
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use sessions_core::cookie::StoreKey;
+use sessions_core::session::{Record, StoreError, Table};
+use sessions_core::table::{layout, Header, Slot, SlotTable};
+
+const KEYS: u8 = 24;
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Expires {
+    In(u16),
+    At(u64),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Insert {
+        key: u8,
+        rec: (u64, u64, u64, u64, u32, u32),
+        expires: Expires,
+        established: bool,
+    },
+    Get {
+        key: u8,
+    },
+    Update {
+        key: u8,
+        rec: (u64, u64, u64, u64, u32, u32),
+        expires: Expires,
+    },
+    Remove {
+        key: u8,
+    },
+    Tick(u8),
+    /// Clocks are not monotonic across workers and reloads.
+    ClockBack(u8),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    bytes: u16,
+    start: u32,
+    groups: Vec<Vec<Op>>,
+}
+
+/// Keys whose first bytes (the bucket index) collide often.
+fn key(n: u8) -> StoreKey {
+    let n = n % KEYS;
+    let mut k = [0xa5; 16];
+    k[..4].copy_from_slice(&u32::from(n % 5).to_le_bytes());
+    k[4] = n;
+    StoreKey(k)
+}
+
+fn sat(t: u64) -> u64 {
+    t.min(u64::from(u32::MAX))
+}
+
+fn record(r: (u64, u64, u64, u64, u32, u32)) -> Record {
+    Record { created: r.0, issued: r.1, last_seen: r.2, renewed_at: r.3, ip: r.4, user_agent: r.5 }
+}
+
+/// What a slot keeps of a record.
+fn stored(r: &Record) -> Record {
+    Record {
+        created: sat(r.created),
+        issued: sat(r.issued),
+        last_seen: sat(r.last_seen),
+        renewed_at: sat(r.renewed_at),
+        ..*r
+    }
+}
+
+fn expiry(e: Expires, now: u64) -> u64 {
+    match e {
+        Expires::In(d) => now + u64::from(d),
+        Expires::At(t) => t,
+    }
+}
+
+struct Storage {
+    header: Header,
+    buckets: Vec<u32>,
+    slots: Vec<Slot>,
+}
+
+impl Storage {
+    fn table(&mut self) -> SlotTable<'_> {
+        SlotTable::new(&mut self.header, &mut self.buckets, &mut self.slots)
+    }
+
+    /// The keys present and their records, read from a copy.
+    fn probe(&self) -> (HashMap<StoreKey, Record>, usize) {
+        let mut copy = Storage {
+            header: self.header,
+            buckets: self.buckets.clone(),
+            slots: self.slots.clone(),
+        };
+        let mut t = copy.table();
+        let present = (0..KEYS).map(key).filter_map(|k| t.get(&k, 0).map(|r| (k, r))).collect();
+        (present, t.len())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Known {
+    Present,
+    Maybe,
+}
+
+fuzz_target!(|input: Input| {
+    let (nbuckets, nslots) = layout(usize::from(input.bytes % 8192));
+    let mut st = Storage {
+        header: Header::default(),
+        buckets: vec![0; nbuckets],
+        slots: vec![Slot::default(); nslots],
+    };
+    st.table().init();
+    let capacity = nslots;
+    let mut now = u64::from(input.start);
+
+    // Last record and expiry written per key; what is known of its presence (absent keys
+    // are not in `known`).
+    let mut written: HashMap<StoreKey, (Record, u64)> = HashMap::new();
+    let mut known: HashMap<StoreKey, Known> = HashMap::new();
+    let (mut before, _) = st.probe();
+
+    for group in input.groups.iter().take(64) {
+        let mut inserts = 0;
+        // Keys whose record had expired when the (last) insert ran.
+        let mut expired_at_insert: HashSet<StoreKey> = HashSet::new();
+        let mut removed: HashSet<StoreKey> = HashSet::new();
+        {
+            let mut t = st.table();
+            for op in group.iter().take(4) {
+                match *op {
+                    Op::Insert { key: n, rec, expires, established } => {
+                        let (k, rec) = (key(n), record(rec));
+                        let exp = expiry(expires, now);
+                        let res = t.insert(&k, &rec, exp, established, now);
+                        match known.get(&k) {
+                            Some(Known::Present) => assert_eq!(res, Err(StoreError::Exists)),
+                            None if capacity > 0 => assert_eq!(res, Ok(())),
+                            None => assert_eq!(res, Err(StoreError::Unavailable)),
+                            Some(Known::Maybe) => assert_ne!(res, Err(StoreError::Unavailable)),
+                        }
+                        match res {
+                            Ok(()) => {
+                                inserts += 1;
+                                expired_at_insert = written
+                                    .iter()
+                                    .filter(|(_, (_, exp))| *exp <= now)
+                                    .map(|(k, _)| *k)
+                                    .collect();
+                                // Others may have been evicted or reclaimed.
+                                known.values_mut().for_each(|v| *v = Known::Maybe);
+                                known.insert(k, Known::Present);
+                                written.insert(k, (stored(&rec), sat(exp)));
+                                removed.remove(&k);
+                            }
+                            Err(StoreError::Exists) => {
+                                known.insert(k, Known::Present);
+                            }
+                            Err(StoreError::Unavailable) => {}
+                        }
+                    }
+                    Op::Get { key: n } => {
+                        let k = key(n);
+                        let got = t.get(&k, now);
+                        match known.get(&k) {
+                            None => assert_eq!(got, None, "absent key found"),
+                            Some(Known::Present) => assert!(got.is_some(), "present key lost"),
+                            Some(Known::Maybe) => {}
+                        }
+                        match got {
+                            Some(r) => {
+                                assert_eq!(r, written[&k].0, "found record is not the stored one");
+                                known.insert(k, Known::Present);
+                            }
+                            None => {
+                                known.remove(&k);
+                            }
+                        }
+                    }
+                    Op::Update { key: n, rec, expires } => {
+                        let (k, rec) = (key(n), record(rec));
+                        let exp = expiry(expires, now);
+                        t.update(&k, &rec, exp);
+                        // An absent key stays absent until inserted again, which rewrites it.
+                        if known.contains_key(&k) {
+                            written.insert(k, (stored(&rec), sat(exp)));
+                        }
+                    }
+                    Op::Remove { key: n } => {
+                        let k = key(n);
+                        t.remove(&k);
+                        known.remove(&k);
+                        removed.insert(k);
+                    }
+                    Op::Tick(d) => now += u64::from(d),
+                    Op::ClockBack(d) => now = now.saturating_sub(u64::from(d)),
+                }
+            }
+            assert!(t.len() <= capacity);
+        }
+
+        // TODO(integrator): call check_invariants on `st.table()` here.
+
+        let (present, len) = st.probe();
+        assert_eq!(len, present.len(), "len() disagrees with the records present");
+        assert!(len <= capacity);
+        for (k, r) in &present {
+            assert!(known.contains_key(k), "a removed or evicted key came back");
+            assert_eq!(*r, written[k].0, "record changed behind our back");
+        }
+        for (k, v) in &known {
+            if *v == Known::Present {
+                assert!(present.contains_key(k), "a key known present is gone");
+            }
+        }
+        known = present.keys().map(|k| (*k, Known::Present)).collect();
+
+        // What disappeared, apart from explicit removes, went through an insert.
+        let dropped: Vec<StoreKey> = before
+            .keys()
+            .filter(|k| !present.contains_key(k) && !removed.contains(k))
+            .copied()
+            .collect();
+        if inserts == 0 {
+            assert!(dropped.is_empty(), "records vanished without an insert: {dropped:?}");
+        } else if inserts == 1 && removed.is_empty() {
+            let (expired, live): (Vec<&StoreKey>, Vec<&StoreKey>) =
+                dropped.iter().partition(|k| expired_at_insert.contains(*k));
+            assert!(live.len() <= 1, "one insert evicted {} live records", live.len());
+            if live.len() == 1 {
+                assert_eq!(
+                    before.len() - expired.len(),
+                    capacity,
+                    "a live record was evicted while a slot was free"
+                );
+            }
+        }
+        before = present;
+    }
+});
