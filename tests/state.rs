@@ -189,6 +189,31 @@ fn periodic_write_survives_a_crash() {
     ng.check_logs();
 }
 
+/// A reload that changes the zone's size makes a new zone, filled from the file.
+#[test]
+fn a_reload_that_resizes_the_zone_loads_the_file() {
+    let (_dir, state) = state_dir();
+    let ng = Nginx::start_template(&conf_with(&state, "sessions_state_interval 1s;"), 2);
+    let values: Vec<String> =
+        (0..5).map(|_| new_session(ng.port, Req::get("/index.html"))).collect();
+    wait_for("a periodic write with the 5 sessions", || {
+        fs::read(&state)
+            .ok()
+            .and_then(|b| Snapshot::decode(&b).ok())
+            .is_some_and(|s| s.entries.len() == 5)
+    });
+    ng.rewrite_conf(
+        &conf_with(&state, "sessions_state_interval 1s;").replace("keep:1m", "keep:2m"),
+    );
+    ng.reload();
+    for v in &values {
+        assert_valid(ng.port, Req::get("/index.html"), v);
+    }
+    let log = ng.error_log();
+    assert_eq!(lines_with(&log, &["5 sessions loaded from state file"]).len(), 1, "{log}");
+    ng.check_logs();
+}
+
 /// A truncated, damaged, foreign or missing file: one `[warn]` saying why, an empty table
 /// (the old cookies are not valid), and the start goes on.
 #[test]
