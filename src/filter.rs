@@ -85,30 +85,28 @@ unsafe fn main_response(r: *mut ngx_http_request_t) -> Option<()> {
         cookie::Secure::Off => false,
         cookie::Secure::Auto => is_https(req),
     };
-    identity::with(res, mcf, |id| {
+    identity::with_name(res, mcf, |name| {
         // Never a Set-Cookie for our name but ours.
         // SAFETY: the response's header list is live; nothing else walks it meanwhile.
         unsafe {
             for_each_header_mut(&mut req.headers_out.headers.part, |h| {
                 if h.hash != 0
                     && h.key.as_bytes().eq_ignore_ascii_case(b"set-cookie")
-                    && http::sets_cookie(h.value.as_bytes(), id.name)
+                    && http::sets_cookie(h.value.as_bytes(), name)
                 {
                     debug_http!(req, "sessions: removing a Set-Cookie for our name");
                     // Filters skip headers with hash 0 (NGINX's way of deleting one).
                     h.hash = 0;
                 }
             })
-        };
-        match evaluated {
-            Some(Some(eval)) => {
-                // SAFETY: the caller's contract.
-                unsafe { set_cookie(req, &eval, &id, &res.suffix, secure) }?;
-                // SAFETY: as above.
-                unsafe { make_private(req) }
-            }
-            _ => Some(()),
         }
+    });
+    let Some(Some(eval)) = evaluated else { return Some(()) };
+    identity::with(res, mcf, |id| {
+        // SAFETY: the caller's contract.
+        unsafe { set_cookie(req, &eval, &id, &res.suffix, secure) }?;
+        // SAFETY: as above.
+        unsafe { make_private(req) }
     })
     .unwrap_or(Some(()))
 }

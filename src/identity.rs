@@ -122,6 +122,25 @@ pub(crate) fn with<R>(
     }
 }
 
+/// Runs `f` with the cookie name in force: the configured one, or the random one once it
+/// is known. Unlike [`with`] it needs no binding key, so an upstream's `Set-Cookie` for our
+/// name is dropped (and `sessions_pass_cookie off` strips our cookie) even while Redis has
+/// never answered.
+pub(crate) fn with_name<R>(
+    res: &Resolved,
+    mcf: &MainConf,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Option<R> {
+    if let Some(name) = &res.name {
+        return Some(f(name));
+    }
+    if mcf.redis_upstream.is_some() {
+        with_adopted(|a| a.identity.as_ref().map(|(i, _)| f(&i.name[..])))
+    } else {
+        mcf.zone.random().map(|random| f(&random.name[..]))
+    }
+}
+
 /// Takes what Redis holds for the cluster (the reply to [`fetch_command`]'s command).
 pub(crate) fn adopt(value: &[u8], now: u64, log: *mut ngx_log_t) {
     let Some((binding_key, identity)) = redis_flow::parse_shared(value) else {

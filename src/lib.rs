@@ -8,6 +8,7 @@
 //! - `lib.rs`: the module's definition and how NGINX reaches the rest;
 //! - `conf/`: the directives, the settings of each level, merge, the zone's declaration;
 //! - `shm.rs`: the shared-memory zone (its state, layout and lock);
+//! - `state_file.rs`: the zone's state file (loaded at creation, written periodically and at stop);
 //! - `redis/`: the Redis client on the event loop (connections, pool, breaker);
 //! - `identity.rs`: the secret and cookie name a request uses;
 //! - `ctx.rs`: the per-request state;
@@ -23,7 +24,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(unreachable_pub)]
 
-use sessions_core::{cookie, http, redis_flow, redis_url, session, table};
+use sessions_core::{cookie, http, redis_flow, redis_url, session, state, table};
 
 mod access;
 mod conf;
@@ -36,6 +37,7 @@ mod metrics;
 mod pass_cookie;
 mod redis;
 mod shm;
+mod state_file;
 mod variables;
 
 use core::ffi::c_char;
@@ -146,11 +148,15 @@ pub static mut ngx_http_sessions_module: ngx_module_t = ngx_module_t {
     // SAFETY: only the address of the command table is taken.
     commands: unsafe { ptr::addr_of_mut!(conf::COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_process: Some(state_file::init_process),
     exit_process: Some(exit_process),
+    exit_master: Some(state_file::exit_master),
     ..ngx_module_t::default()
 };
 
-/// A worker's idle Redis connections are closed as it exits.
+/// A worker's idle Redis connections are closed as it exits, and its state file write
+/// finishes.
 unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     redis::close_idle();
+    state_file::exit_process();
 }

@@ -44,7 +44,7 @@ pub(crate) unsafe fn apply(r: *mut ngx_http_request_t) -> Result<(), ()> {
     };
     let Some(res) = scf.resolved.as_ref() else { return Ok(()) };
     // Without a known name (a random one not fetched yet) there is nothing to look for.
-    let name = identity::with(res, mcf, |id| id.name.to_vec()).unwrap_or_default();
+    let name = identity::with_name(res, mcf, <[u8]>::to_vec).unwrap_or_default();
     if name.is_empty() {
         return Ok(());
     }

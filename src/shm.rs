@@ -9,22 +9,31 @@
 //! [`SharedZone`] is the zone as the configuration sees it: unset, configured (declared
 //! to NGINX) or ready (mapped, with its random identity). Only this file changes its
 //! state; the configuration declares it and reads it.
+//!
+//! With `state=<file>`, a fresh zone is filled from the file ([`load_state`]) and
+//! [`SharedZone::copy_state`] copies it out for the next write (`state_file.rs`).
 
 use core::ffi::c_void;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use ngx::core::Status;
 use ngx::ffi::{
-    ngx_conf_t, ngx_int_t, ngx_pagesize, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock,
-    ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_pool_t, ngx_str_t, NGX_LOG_EMERG,
+    ngx_conf_t, ngx_int_t, ngx_log_t, ngx_pagesize, ngx_shared_memory_add, ngx_shm_zone_t,
+    ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_pool_t, ngx_str_t,
+    ngx_test_config, ngx_time, NGX_LOG_EMERG,
 };
 use ngx::ngx_log_error;
 
 use crate::cookie::{self, Signer};
 use crate::log;
 use crate::session::BindingKey;
-use crate::table::{self, Header, Slot, SlotTable};
+use crate::state::{self, ZoneIdentity};
+use crate::state_file;
+use crate::table::{self, Header, Slot, SlotTable, TableCopy};
 use sessions_core::metrics::Counters;
 
 /// Marks a root laid out by this version of the module. NGINX hands a zone over to the next
@@ -73,8 +82,9 @@ pub(crate) enum SharedZone {
     /// No zone: neither `sessions_zone` nor any `sessions on`.
     #[default]
     Unset,
-    /// Declared to NGINX; not mapped yet (configuration time).
-    Configured,
+    /// Declared to NGINX; not mapped yet (configuration time). With the state file (full
+    /// path, in the cycle pool) to load if the zone is created fresh.
+    Configured(Option<ngx_str_t>),
     /// Mapped and laid out: the zone, and the random identity and binding key kept in it.
     Ready(NonNull<ngx_shm_zone_t>, Box<RandomIdentity>, BindingKey),
 }
@@ -95,12 +105,14 @@ impl SharedZone {
     /// or a static), because NGINX keeps the pointer.
     ///
     /// `self` must not move afterwards: NGINX keeps its address for [`zone_init`] (it lives
-    /// in the module's main configuration, in the cycle pool).
+    /// in the module's main configuration, in the cycle pool). `state` is the state file
+    /// (`state=`), which must live as long as the cycle too.
     pub(crate) fn configure(
         &mut self,
         cf: &mut ngx_conf_t,
         name: ngx_str_t,
         size: usize,
+        state: Option<ngx_str_t>,
     ) -> Result<(), String> {
         let shown = || String::from_utf8_lossy(name.as_bytes()).into_owned();
         let mut zname = name;
@@ -124,7 +136,7 @@ impl SharedZone {
         }
         zone_ref.init = Some(zone_init);
         zone_ref.data = ptr::from_mut(self).cast();
-        *self = SharedZone::Configured;
+        *self = SharedZone::Configured(state);
         Ok(())
     }
 
@@ -159,6 +171,24 @@ impl SharedZone {
         let SharedZone::Ready(zone, _, _) = self else { return None };
         // SAFETY: a ready zone is mapped for the whole cycle (workers inherit the mapping).
         unsafe { Locked::lock(zone.as_ptr()) }
+    }
+
+    /// Records in the zone now.
+    pub(crate) fn record_count(&self) -> Option<usize> {
+        Some(self.lock()?.table().len())
+    }
+
+    /// What the state file keeps of the zone: its identity, and its records copied into
+    /// `copy` under the lock, which is held for that one sequential copy only (give `copy`
+    /// room beforehand so that nothing is allocated under the lock).
+    pub(crate) fn copy_state(&self, copy: &mut TableCopy) -> Option<ZoneIdentity> {
+        let mut locked = self.lock()?;
+        // SAFETY: the lock gives exclusive access to the root.
+        let root = unsafe { &*locked.root };
+        let identity =
+            ZoneIdentity { secret: root.secret, name: root.name, binding_key: root.binding_key };
+        locked.table().copy_into(copy);
+        Some(identity)
     }
 
     /// The workers' metrics counters kept in the zone (no lock: they are atomics).
@@ -219,7 +249,12 @@ unsafe extern "C" fn zone_init(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
             return Status::NGX_ERROR.into();
         } else {
             match new_root(pool) {
-                Some(root) => root,
+                Some(root) => {
+                    if let SharedZone::Configured(Some(file)) = state {
+                        load_state(root, file.as_bytes(), (*zone).shm.name.as_bytes(), log);
+                    }
+                    root
+                }
                 None => {
                     ngx_log_error!(
                         NGX_LOG_EMERG,
@@ -305,6 +340,48 @@ unsafe fn new_root(pool: *mut ngx_slab_pool_t) -> Option<*mut Root> {
     }
 }
 
+/// Fills a fresh zone from its state file: the random secret, name and binding key, then
+/// the records alive now. A file that cannot be used leaves the zone as it is, with one
+/// `[warn]` (`state_file::read`); `nginx -t` does not read it.
+///
+/// # Safety
+/// `root` is the root [`new_root`] just laid out, used by nobody else yet.
+unsafe fn load_state(root: *mut Root, file: &[u8], zone_name: &[u8], log: *mut ngx_log_t) {
+    // SAFETY: set by NGINX before the configuration is read.
+    if unsafe { ngx_test_config } != 0 {
+        return;
+    }
+    let path = Path::new(OsStr::from_bytes(file));
+    let Some(snapshot) = state_file::read(path, zone_name, log) else { return };
+    let now = u64::try_from(ngx_time()).unwrap_or(0);
+    // SAFETY: the caller's contract: nobody else uses the zone yet.
+    let restored = unsafe {
+        let id = &snapshot.identity;
+        (*root).secret = id.secret;
+        (*root).name = id.name;
+        (*root).binding_key = id.binding_key;
+        state::restore(&mut table_of(root), &snapshot.entries, now)
+    };
+    state_file::report_loaded(path, zone_name, log, &restored, snapshot.written_at, now);
+}
+
+/// The table of a laid-out root.
+///
+/// # Safety
+/// `root` is laid out by [`new_root`] and this process has exclusive access to it (the
+/// zone's lock, or no worker yet) for as long as the view lives.
+unsafe fn table_of<'a>(root: *mut Root) -> SlotTable<'a> {
+    // SAFETY: the caller's contract; the pointers and lengths are the ones `new_root` set.
+    unsafe {
+        let root = &mut *root;
+        SlotTable::new(
+            &mut root.header,
+            core::slice::from_raw_parts_mut(root.buckets, root.nbuckets),
+            core::slice::from_raw_parts_mut(root.slots, root.nslots),
+        )
+    }
+}
+
 /// A zone's table, locked for one critical section; unlocks on drop. The table view it
 /// hands out borrows the guard, so it cannot outlive the lock.
 pub(crate) struct Locked {
@@ -335,14 +412,7 @@ impl Locked {
     pub(crate) fn table(&mut self) -> SlotTable<'_> {
         // SAFETY: the mutex, held until `drop`, gives this process exclusive access to the
         // root and the table, and `&mut self` makes this the only view in this process.
-        unsafe {
-            let root = &mut *self.root;
-            SlotTable::new(
-                &mut root.header,
-                core::slice::from_raw_parts_mut(root.buckets, root.nbuckets),
-                core::slice::from_raw_parts_mut(root.slots, root.nslots),
-            )
-        }
+        unsafe { table_of(self.root) }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The pure logic of `ngx_http_sessions_module`: no NGINX types, no I/O, time passed in.
+//! The pure logic of `ngx_http_sessions_module`: no NGINX types, no I/O (but the state
+//! file's atomic write), time passed in.
 //!
 //! - [`cookie`]: finding our cookie in `Cookie` headers, the signed value, `Set-Cookie`.
 //! - [`http`]: Fetch Metadata, `Cache-Control` and `Cookie` header decisions.
@@ -7,6 +8,7 @@
 //! - [`metrics`]: per-worker counters and their Prometheus text exposition.
 //! - [`redis_flow`]: the algorithm against Redis, as commands and replies.
 //! - [`redis_url`]: the `sessions_redis` URL.
+//! - [`state`]: the state file that carries a zone across restarts.
 
 pub mod cookie;
 pub mod http;
@@ -14,4 +16,5 @@ pub mod metrics;
 pub mod redis_flow;
 pub mod redis_url;
 pub mod session;
+pub mod state;
 pub mod table;

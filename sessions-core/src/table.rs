@@ -84,6 +84,80 @@ pub struct Header {
     last_report: u64,
 }
 
+/// One live record with what the table keeps beside it: its key, expiry and segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub key: StoreKey,
+    pub record: Record,
+    /// When the table may forget it (seconds since the epoch).
+    pub expires: u64,
+    /// In the protected segment: its cookie came back at least once.
+    pub established: bool,
+}
+
+/// A table's records as [`SlotTable::copy_into`] took them.
+#[derive(Clone, Debug, Default)]
+pub struct TableCopy {
+    header: Header,
+    /// Every slot in use with its index, in index order.
+    slots: Vec<(u32, Slot)>,
+}
+
+impl TableCopy {
+    /// Room for `records` without allocating, the pages written once so that filling
+    /// them later does not fault them in either.
+    pub fn make_room(&mut self, records: usize) {
+        if self.slots.capacity() < records {
+            self.slots = vec![(0, Slot::default()); records];
+        }
+        self.slots.clear();
+    }
+
+    /// Appends the records alive at `now` (`expires > now`) to `out`: the protected
+    /// segment from its most recently used, then probation likewise (the reverse of the
+    /// order in which the table would evict them). Bounded by the record count even if the
+    /// copy came from a corrupted zone.
+    pub fn live_entries(&self, now: u64, out: &mut Vec<Entry>) {
+        // Where each slot index is in the copy.
+        let end = self.slots.last().map_or(0, |&(i, _)| i as usize + 1);
+        let mut at = vec![NIL; end];
+        for (n, &(i, _)) in self.slots.iter().enumerate() {
+            at[i as usize] = n as u32;
+        }
+        out.reserve(self.slots.len());
+        for segment in [PROTECTED, PROBATION] {
+            let mut i = self.header.lists.get(segment as usize).map_or(NIL, |l| l.head);
+            for _ in 0..self.slots.len() {
+                let Some(&(_, s)) = at.get(i as usize).and_then(|&n| self.slots.get(n as usize))
+                else {
+                    break;
+                };
+                if s.segment != segment {
+                    break;
+                }
+                if u64::from(s.expires) > now {
+                    out.push(Entry {
+                        key: StoreKey(s.key),
+                        record: Record {
+                            created: s.created.into(),
+                            issued: s.issued.into(),
+                            last_seen: s.last_seen.into(),
+                            renewed_at: s.renewed_at.into(),
+                            ip: s.ip,
+                            user_agent: s.user_agent,
+                            hashes: BindingHashes::from_version(s.version)
+                                .unwrap_or(BindingHashes::Legacy),
+                        },
+                        expires: s.expires.into(),
+                        established: segment == PROTECTED,
+                    });
+                }
+                i = s.next;
+            }
+        }
+    }
+}
+
 /// Eviction pressure over a period, for a log line: many evictions of records idle for
 /// little time mean the zone is too small for the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -407,6 +481,26 @@ impl<'a> SlotTable<'a> {
             user_agent: s.user_agent,
             hashes: BindingHashes::from_version(s.version).unwrap_or(BindingHashes::Legacy),
         })
+    }
+
+    /// Copies every record into `copy` in one sequential pass, for the state file: cheap
+    /// enough to run under the zone's lock (no pointer chasing; nothing allocated if
+    /// `copy` has room, see [`TableCopy::make_room`]). The LRU order is read from the copy
+    /// afterwards, without the lock ([`TableCopy::live_entries`]).
+    pub fn copy_into(&self, copy: &mut TableCopy) {
+        copy.header = *self.header;
+        copy.slots.clear();
+        let used = self.slots.iter().enumerate().filter(|(_, s)| s.segment != FREE);
+        copy.slots.extend(used.map(|(i, s)| (i as u32, *s)));
+    }
+
+    /// The records alive at `now`, in [`TableCopy::live_entries`] order.
+    pub fn live_entries(&self, now: u64) -> Vec<Entry> {
+        let mut copy = TableCopy::default();
+        self.copy_into(&mut copy);
+        let mut out = Vec::new();
+        copy.live_entries(now, &mut out);
+        out
     }
 
     /// Checks the table's structure: both LRU lists (links, ends, lengths, segment tags),

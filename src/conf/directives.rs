@@ -14,8 +14,8 @@ use std::os::unix::fs::PermissionsExt;
 use ngx::ffi::{
     ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_int_t, ngx_msec_t, ngx_parse_time,
     ngx_str_t, ngx_uint_t, sockaddr, socklen_t, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET,
-    NGX_LOG_WARN, NGX_OK,
+    NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
+    NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
@@ -160,11 +160,12 @@ const HTTP_SRV: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF;
 const HTTP: u32 = NGX_HTTP_MAIN_CONF;
 const FLAG: u32 = NGX_CONF_FLAG;
 const TAKE1: u32 = NGX_CONF_TAKE1;
+const TAKE12: u32 = NGX_CONF_TAKE12;
 const LOC: u32 = NGX_HTTP_LOC_CONF;
 const NOARGS: u32 = NGX_CONF_NOARGS;
 
 /// The module's directives (NGINX reads the table, terminated by an empty entry).
-pub(crate) static mut COMMANDS: [ngx_command_t; 21] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 22] = [
     directive!("sessions", HTTP_ANY, FLAG, LocConf.enabled, parse_sessions),
     directive!("sessions_pass_cookie", HTTP_ANY, FLAG, LocConf.pass_cookie, parse_on_off),
     directive!("sessions_secret", HTTP_SRV, TAKE1, SrvConf.secret, parse_secret),
@@ -180,11 +181,18 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 21] = [
     directive!("sessions_cookie_path", HTTP_SRV, TAKE1, SrvConf.path, parse_path),
     directive!("sessions_cookie_samesite", HTTP_SRV, TAKE1, SrvConf.samesite, parse_samesite),
     directive!("sessions_cookie_secure", HTTP_SRV, TAKE1, SrvConf.secure, parse_secure),
-    directive!("sessions_zone", HTTP, TAKE1, MainConf.zone_spec, zone::parse),
+    directive!("sessions_zone", HTTP, TAKE12, MainConf.zone_spec, zone::parse),
     directive!("sessions_redis", HTTP, TAKE1, MainConf.redis, parse_redis),
     directive!("sessions_redis_timeout", HTTP, TAKE1, MainConf.redis_timeout, parse_msec),
     directive!("sessions_redis_keepalive", HTTP, TAKE1, MainConf.redis_keepalive, parse_keepalive),
     directive!("sessions_metrics", LOC, NOARGS, LocConf.metrics, parse_metrics),
+    directive!(
+        "sessions_state_interval",
+        HTTP,
+        TAKE1,
+        MainConf.state_interval,
+        parse_state_interval
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -389,6 +397,14 @@ fn parse_msec(arg: &mut Arg) -> Result<ngx_msec_t, ConfError> {
         _ => {
             Err(ConfError::msg(format!("invalid time \"{}\" in \"{}\"", show(arg.value), arg.name)))
         }
+    }
+}
+
+/// At least a second: each write copies the whole table under its lock.
+fn parse_state_interval(arg: &mut Arg) -> Result<ngx_msec_t, ConfError> {
+    match parse_msec(arg)? {
+        t if t >= 1000 => Ok(t),
+        _ => Err(ConfError::msg("\"sessions_state_interval\" must be at least 1s")),
     }
 }
 

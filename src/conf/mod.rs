@@ -43,6 +43,7 @@ const DEFAULT_ROLLING: u64 = 3600;
 const DEFAULT_ABSOLUTE: u64 = 86400;
 const DEFAULT_REDIS_TIMEOUT: ngx_msec_t = 1000;
 const DEFAULT_REDIS_KEEPALIVE: usize = 10;
+const DEFAULT_STATE_INTERVAL: ngx_msec_t = 60_000;
 
 /// Where a directive was written, to point `[emerg]` at it when a later check (at merge
 /// time, comparing two directives) fails.
@@ -85,6 +86,7 @@ pub(crate) struct MainConf {
     redis_keepalive: Option<Setting<usize>>,
     /// The resolved Redis store, when `sessions_redis` is set.
     pub(crate) redis_upstream: Option<Upstream>,
+    state_interval: Option<Setting<ngx_msec_t>>,
 }
 
 impl Level for MainConf {
@@ -209,6 +211,14 @@ impl MainConf {
             });
         }
         Ok(())
+    }
+}
+
+impl MainConf {
+    /// With `sessions_zone ... state=<file>`: the file (full path) and how often to write it.
+    pub(crate) fn state_file(&self) -> Option<(&[u8], ngx_msec_t)> {
+        let path = self.zone_spec.as_ref()?.value.state()?;
+        Some((path, value_or(&self.state_interval, DEFAULT_STATE_INTERVAL)))
     }
 }
 
