@@ -17,7 +17,7 @@ use ngx::http::{
 use ngx::ngx_log_error;
 
 use crate::conf::{MainConf, Resolved};
-use crate::cookie::{CookieCollector, Incoming};
+use crate::cookie::{CookieCollector, Incoming, VerifiedBy};
 use crate::ctx::{self, RequestCtx};
 use crate::fetch_metadata;
 use crate::identity::{self, Identity};
@@ -47,16 +47,17 @@ fn now_secs() -> u64 {
     ngx_time().max(0) as u64
 }
 
-/// Collects the request's cookies with our name and verifies them (no store access).
-fn incoming(r: &ngx_http_request_t, id: &Identity) -> Incoming {
-    let mut cookies = CookieCollector::new(id.signer, id.name);
+/// Collects the request's cookies with our name and verifies them (no store access), with
+/// the current secret, then the fallbacks.
+fn incoming(r: &ngx_http_request_t, id: &Identity) -> (Incoming, VerifiedBy) {
+    let mut cookies = CookieCollector::with_keys(id.keys(), id.name);
     // SAFETY: a live request's header list is a valid `ngx_list_t` of table elements.
     for (key, value) in unsafe { ngx::http::list_iterator(&r.headers_in.headers) } {
         if key.as_bytes().eq_ignore_ascii_case(b"cookie") {
             cookies.header(value.as_bytes());
         }
     }
-    cookies.finish()
+    cookies.finish_with_key()
 }
 
 /// What the session is bound to: `$remote_addr` (after realip) and the User-Agent.
@@ -123,7 +124,7 @@ unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
         return unsafe { start_redis(r, res, mcf, upstream) };
     }
     let Some((eval, incoming)) = identity::with(res, mcf, |id| {
-        let (incoming, client) = (incoming(req, &id), client(req, &id));
+        let ((incoming, by), client) = (incoming(req, &id), client(req, &id));
         if fetch_metadata::held_back(req, res.samesite, incoming) {
             return (fetch_metadata::NO_SESSION, incoming);
         }
@@ -131,8 +132,10 @@ unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
         let eval = match mcf.zone.lock() {
             Some(mut locked) => {
                 let mut table = locked.table();
+                let verifier = id.keys().verifier(by);
                 let eval =
-                    session::evaluate(&mut table, incoming, id.signer, now, &res.policy, &client);
+                    session::evaluate(&mut table, incoming, verifier, now, &res.policy, &client)
+                        .resigned(incoming, by);
                 let evictions = table.eviction_report(now);
                 drop(locked);
                 if let Some(report) = evictions {
@@ -243,15 +246,19 @@ unsafe fn session_step(ctx: *mut RequestCtx, reply: Option<Result<Reply, Failure
         return false;
     };
     let step = identity::with(res, mcf, |id| {
-        // SAFETY: the caller's contract; these borrows cover the flow and the incoming
-        // cookie only, and end with this closure.
-        let (flow, incoming_slot) = unsafe {
-            (&mut *ptr::addr_of_mut!((*ctx).flow), &mut *ptr::addr_of_mut!((*ctx).incoming))
+        // SAFETY: the caller's contract; these borrows cover the flow, the incoming cookie
+        // and which secret verified it only, and end with this closure.
+        let (flow, incoming_slot, by_slot) = unsafe {
+            (
+                &mut *ptr::addr_of_mut!((*ctx).flow),
+                &mut *ptr::addr_of_mut!((*ctx).incoming),
+                &mut *ptr::addr_of_mut!((*ctx).verified_by),
+            )
         };
         match (flow.as_mut(), reply) {
             (None, _) => {
-                let incoming = incoming(req, &id);
-                *incoming_slot = incoming;
+                let (incoming, by) = incoming(req, &id);
+                (*incoming_slot, *by_slot) = (incoming, by);
                 if fetch_metadata::held_back(req, res.samesite, incoming) {
                     return Step::Done(fetch_metadata::NO_SESSION);
                 }
@@ -260,7 +267,9 @@ unsafe fn session_step(ctx: *mut RequestCtx, reply: Option<Result<Reply, Failure
                 *flow = Some(started);
                 step
             }
-            (Some(flow), Some(Ok(reply))) => flow.on_reply(reply, id.signer, &client(req, &id)),
+            (Some(flow), Some(Ok(reply))) => {
+                flow.on_reply(reply, id.keys().verifier(*by_slot), &client(req, &id))
+            }
             (Some(flow), _) => Step::Done(flow.failed()),
         }
     });
@@ -274,9 +283,10 @@ unsafe fn session_step(ctx: *mut RequestCtx, reply: Option<Result<Reply, Failure
     match step {
         Step::Done(eval) => {
             // SAFETY: the caller's contract.
-            let incoming = unsafe {
+            let (eval, incoming) = unsafe {
+                let eval = eval.resigned((*ctx).incoming, (*ctx).verified_by);
                 (*ctx).eval = eval;
-                (*ctx).incoming
+                (eval, (*ctx).incoming)
             };
             debug_http!(
                 req,

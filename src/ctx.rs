@@ -15,7 +15,7 @@ use core::ptr::{self, NonNull};
 use ngx::ffi::{ngx_event_t, ngx_http_request_t, ngx_pool_cleanup_add, ngx_pool_cleanup_t};
 use ngx::http::HttpModule;
 
-use crate::cookie::Incoming;
+use crate::cookie::{Incoming, VerifiedBy};
 use crate::redis::{Done, Waiter};
 use crate::redis_flow::Flow;
 use crate::session::Evaluation;
@@ -38,6 +38,8 @@ pub(crate) struct RequestCtx {
     pub(crate) flow: Option<Flow>,
     /// What the cookies said, for the log line once the Redis path has decided.
     pub(crate) incoming: Incoming,
+    /// Which secret verified the cookie: what the Redis path derives successors with.
+    pub(crate) verified_by: VerifiedBy,
 }
 
 /// Detaches a command in flight and withdraws a posted resume event, so that nothing
@@ -137,6 +139,7 @@ pub(crate) unsafe fn create(
             resume: core::mem::zeroed(),
             flow: None,
             incoming: Incoming::Absent,
+            verified_by: VerifiedBy::Current,
         });
         (*cln).handler = Some(CTX_CLEANUP);
         *(*r).ctx.add(ctx_index()) = ctx.cast();

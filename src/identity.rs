@@ -9,7 +9,7 @@ use ngx::ffi::ngx_log_t;
 use ngx::ngx_log_error;
 
 use crate::conf::{MainConf, Resolved};
-use crate::cookie::{self, Signer};
+use crate::cookie::{self, Keys, Signer};
 use crate::redis_flow::{self, Command};
 use crate::session::BindingKey;
 use crate::shm::RandomIdentity;
@@ -19,9 +19,19 @@ const REFRESH: u64 = 3600;
 
 /// The secret, cookie name and binding key that apply to a request.
 pub(crate) struct Identity<'a> {
+    /// The current secret: what responses are signed with.
     pub(crate) signer: &'a Signer,
+    /// Earlier secrets that still verify cookies.
+    pub(crate) fallbacks: &'a [Signer],
     pub(crate) name: &'a [u8],
     pub(crate) binding_key: &'a BindingKey,
+}
+
+impl<'a> Identity<'a> {
+    /// The secrets that verify cookies: the current one first.
+    pub(crate) fn keys(&self) -> Keys<'a> {
+        Keys::new(self.signer, self.fallbacks)
+    }
 }
 
 /// Per worker: what was adopted from Redis, each with when (seconds).
@@ -100,7 +110,7 @@ pub(crate) fn with<R>(
             Some(n) => n.as_slice(),
             None => &random?.name[..],
         };
-        Some(Identity { signer, name, binding_key: binding_key? })
+        Some(Identity { signer, fallbacks: &res.fallbacks, name, binding_key: binding_key? })
     }
     if mcf.redis_upstream.is_some() {
         with_adopted(|a| {

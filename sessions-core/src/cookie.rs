@@ -290,44 +290,122 @@ pub enum Incoming {
     Invalid,
 }
 
+/// Which secret verified the session cookie.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum VerifiedBy {
+    /// The current secret (or no cookie verified).
+    #[default]
+    Current,
+    /// The fallback secret at this index: the response re-signs the cookie with the
+    /// current one.
+    Fallback(usize),
+}
+
+/// The secrets that verify cookies: the current one, then the earlier ones still accepted
+/// (`sessions_secret_fallback`, or further lines of `sessions_secret_file`).
+#[derive(Clone, Copy)]
+pub struct Keys<'s> {
+    pub current: &'s Signer,
+    pub fallbacks: &'s [Signer],
+}
+
+impl<'s> Keys<'s> {
+    pub fn new(current: &'s Signer, fallbacks: &'s [Signer]) -> Self {
+        Keys { current, fallbacks }
+    }
+
+    /// Opens a cookie value with the current secret, then with each fallback in order
+    /// (each comparison constant-time). A cookie of the current secret costs one HMAC,
+    /// as without fallbacks; only cookies the current secret rejects try the others.
+    pub fn open(&self, name: &[u8], value: &[u8]) -> Option<(SessionId, VerifiedBy)> {
+        if let Some(id) = self.current.open(name, value) {
+            return Some((id, VerifiedBy::Current));
+        }
+        self.fallbacks
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.open(name, value).map(|id| (id, VerifiedBy::Fallback(i))))
+    }
+
+    /// The secret that verified a cookie. What is derived from the ID (its successor at
+    /// renewal) is derived with it, so that every worker and instance, before or after a
+    /// rotation, derives the same.
+    pub fn verifier(&self, by: VerifiedBy) -> &'s Signer {
+        match by {
+            VerifiedBy::Fallback(i) => self.fallbacks.get(i).unwrap_or(self.current),
+            VerifiedBy::Current => self.current,
+        }
+    }
+}
+
 /// Collects cookie values with our name across several header lines and decides which
 /// one, if any, is the session. Identical values count once.
 pub struct CookieCollector<'s> {
-    signer: &'s Signer,
+    keys: Keys<'s>,
     name: &'s [u8],
     seen: usize,
-    verified: Option<SessionId>,
+    verified: Option<(SessionId, VerifiedBy)>,
     conflict: bool,
 }
 
 impl<'s> CookieCollector<'s> {
+    /// Verifies with one secret.
     pub fn new(signer: &'s Signer, name: &'s [u8]) -> Self {
-        CookieCollector { signer, name, seen: 0, verified: None, conflict: false }
+        Self::with_keys(Keys::new(signer, &[]), name)
+    }
+
+    /// Verifies with the current secret and its fallbacks.
+    pub fn with_keys(keys: Keys<'s>, name: &'s [u8]) -> Self {
+        CookieCollector { keys, name, seen: 0, verified: None, conflict: false }
     }
 
     pub fn header(&mut self, value: &[u8]) {
-        let (signer, name) = (self.signer, self.name);
+        let (keys, name) = (self.keys, self.name);
         for_each_named(value, name, |v| {
             self.seen += 1;
             if self.seen > MAX_CANDIDATES {
                 return;
             }
-            if let Some(id) = signer.open(name, v) {
+            if let Some((id, by)) = keys.open(name, v) {
                 match self.verified {
-                    Some(prev) if prev != id => self.conflict = true,
-                    _ => self.verified = Some(id),
+                    Some((prev, _)) if prev != id => self.conflict = true,
+                    // The same ID signed with the current secret too: nothing to re-sign.
+                    Some((_, VerifiedBy::Current)) => {}
+                    _ => self.verified = Some((id, by)),
                 }
             }
         });
     }
 
     pub fn finish(self) -> Incoming {
+        self.finish_with_key().0
+    }
+
+    /// The decision, and which secret verified the session's cookie.
+    pub fn finish_with_key(self) -> (Incoming, VerifiedBy) {
         match (self.seen, self.verified, self.conflict) {
-            (0, _, _) => Incoming::Absent,
-            (_, Some(id), false) => Incoming::Verified(id),
-            _ => Incoming::Invalid,
+            (0, _, _) => (Incoming::Absent, VerifiedBy::Current),
+            (_, Some((id, by)), false) => (Incoming::Verified(id), by),
+            _ => (Incoming::Invalid, VerifiedBy::Current),
         }
     }
+}
+
+/// What `sessions_secret_file` holds: the current secret, then earlier ones still accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SecretFile {
+    pub current: Vec<u8>,
+    pub fallbacks: Vec<Vec<u8>>,
+}
+
+/// Reads a secret file: the first line is the secret, each further non-empty line a
+/// fallback; a line ends at `\n`, and a `\r` before it is dropped (files written on
+/// Windows, `echo` adding a newline). `None` when there is no secret (an empty first line).
+pub fn parse_secret_file(contents: &[u8]) -> Option<SecretFile> {
+    let mut lines = contents.split(|&c| c == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let current = lines.next().filter(|l| !l.is_empty())?.to_vec();
+    let fallbacks = lines.filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
+    Some(SecretFile { current, fallbacks })
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -839,6 +917,78 @@ mod tests {
         let mut c = CookieCollector::new(&s, b"sid");
         c.header(b"sid=");
         assert_eq!(c.finish(), Incoming::Invalid);
+    }
+
+    #[test]
+    fn fallback_secrets_verify_and_say_which() {
+        let (current, old, older) = (signer(), Signer::new(b"old"), Signer::new(b"older"));
+        let fallbacks = [old.clone(), older.clone()];
+        let keys = Keys::new(&current, &fallbacks);
+        let id = SessionId::random();
+        assert_eq!(keys.open(b"sid", &current.seal(b"sid", &id)), Some((id, VerifiedBy::Current)));
+        assert_eq!(keys.open(b"sid", &old.seal(b"sid", &id)), Some((id, VerifiedBy::Fallback(0))));
+        assert_eq!(
+            keys.open(b"sid", &older.seal(b"sid", &id)),
+            Some((id, VerifiedBy::Fallback(1)))
+        );
+        assert_eq!(keys.open(b"sid", &Signer::new(b"other").seal(b"sid", &id)), None);
+        assert_eq!(keys.open(b"other", &old.seal(b"sid", &id)), None);
+        // Successors are derived with the secret that verified.
+        assert_eq!(keys.verifier(VerifiedBy::Fallback(1)).successor(&id), older.successor(&id));
+        assert_eq!(keys.verifier(VerifiedBy::Current).successor(&id), current.successor(&id));
+        // Without fallbacks, only the current secret.
+        let alone = Keys::new(&current, &[]);
+        assert_eq!(alone.open(b"sid", &old.seal(b"sid", &id)), None);
+    }
+
+    #[test]
+    fn collector_with_fallbacks() {
+        let (current, old) = (signer(), Signer::new(b"old secret"));
+        let fallbacks = [old.clone()];
+        let keys = Keys::new(&current, &fallbacks);
+        let id = SessionId::random();
+        let by_old = [&b"sid="[..], &old.seal(b"sid", &id)[..]].concat();
+        let by_current = [&b"sid="[..], &current.seal(b"sid", &id)[..]].concat();
+
+        let mut c = CookieCollector::with_keys(keys, b"sid");
+        c.header(&by_old);
+        assert_eq!(c.finish_with_key(), (Incoming::Verified(id), VerifiedBy::Fallback(0)));
+
+        // The same ID under both secrets: the current one wins, nothing to re-sign.
+        for order in [[&by_old, &by_current], [&by_current, &by_old]] {
+            let mut c = CookieCollector::with_keys(keys, b"sid");
+            c.header(order[0]);
+            c.header(order[1]);
+            assert_eq!(c.finish_with_key(), (Incoming::Verified(id), VerifiedBy::Current));
+        }
+
+        // Two sessions, one under each secret: ambiguous.
+        let other = [&b"sid="[..], &current.seal(b"sid", &SessionId::random())[..]].concat();
+        let mut c = CookieCollector::with_keys(keys, b"sid");
+        c.header(&by_old);
+        c.header(&other);
+        assert_eq!(c.finish_with_key(), (Incoming::Invalid, VerifiedBy::Current));
+
+        // Without the fallback, the old cookie is just invalid.
+        let mut c = CookieCollector::new(&current, b"sid");
+        c.header(&by_old);
+        assert_eq!(c.finish(), Incoming::Invalid);
+    }
+
+    #[test]
+    fn secret_file_lines() {
+        let f = |s: &[u8]| parse_secret_file(s);
+        assert_eq!(f(b""), None);
+        assert_eq!(f(b"\n"), None);
+        assert_eq!(f(b"\r\nold\n"), None);
+        let one = SecretFile { current: b"new".to_vec(), fallbacks: vec![] };
+        assert_eq!(f(b"new"), Some(one));
+        let two = || SecretFile { current: b"new".to_vec(), fallbacks: vec![b"old".to_vec()] };
+        assert_eq!(f(b"new\nold\n"), Some(two()));
+        assert_eq!(f(b"new\r\n\r\nold\r\n\n"), Some(two()));
+        assert_eq!(f(b"new\n\nold"), Some(two()));
+        // Only CR/LF is stripped: other bytes are part of the secret.
+        assert_eq!(f(b" new \t\n").unwrap().current, b" new \t");
     }
 
     #[test]

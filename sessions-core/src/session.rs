@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::cookie::{Incoming, SessionId, Signer, StoreKey};
+use crate::cookie::{Incoming, SessionId, Signer, StoreKey, VerifiedBy};
 
 /// How long a renewed ID keeps answering with its successor (seconds), so that requests
 /// already in flight with the old cookie do not fork the session.
@@ -335,6 +335,20 @@ impl Evaluation {
     }
 }
 
+impl Evaluation {
+    /// A cookie that verified only with a fallback secret: when its session goes on under
+    /// the same ID, the response re-signs it with the current secret, so that the fallback
+    /// can be dropped once the idle timeout has passed.
+    pub fn resigned(mut self, incoming: Incoming, by: VerifiedBy) -> Self {
+        if let (Incoming::Verified(id), VerifiedBy::Fallback(_), Status::Valid) =
+            (incoming, by, self.status)
+        {
+            self.set_cookie |= self.id == Some(id);
+        }
+        self
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreError {
@@ -541,6 +555,53 @@ mod tests {
 
     fn again(t: &mut MapTable, id: SessionId, now: u64, c: &Client) -> Evaluation {
         evaluate(t, Incoming::Verified(id), &signer(), now, &POLICY, c)
+    }
+
+    #[test]
+    fn a_cookie_of_a_fallback_secret_keeps_its_session_and_is_re_signed() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        let incoming = Incoming::Verified(id);
+        let e = again(&mut t, id, 1001, &ALICE);
+        let by_fallback = e.resigned(incoming, VerifiedBy::Fallback(0));
+        assert_eq!(by_fallback, Evaluation { set_cookie: true, ..e });
+        assert_eq!(e.resigned(incoming, VerifiedBy::Current), e);
+        // Nothing else changes: a new session, a renewal, an error, another ID.
+        let fresh = evaluate(&mut t, Incoming::Absent, &signer(), 1001, &POLICY, &ALICE);
+        assert_eq!(fresh.resigned(Incoming::Absent, VerifiedBy::Current), fresh);
+        let error = Evaluation::store_error(Some(id));
+        assert_eq!(error.resigned(incoming, VerifiedBy::Fallback(0)), error);
+        let other = Incoming::Verified(SessionId([9; 16]));
+        assert_eq!(e.resigned(other, VerifiedBy::Fallback(0)), e);
+    }
+
+    #[test]
+    fn renewal_grace_survives_a_rotation() {
+        // Renewed under the old secret; within the grace, the old cookie (now verified by
+        // the fallback) must find the same successor.
+        let old = signer();
+        let new = Signer::new(b"the new secret, long enough too.....");
+        let fallbacks = [old.clone()];
+        let keys = crate::cookie::Keys::new(&new, &fallbacks);
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        let renew_at = 1000 + POLICY.rolling;
+        // Kept alive (idle timeout) up to the rolling timeout.
+        for now in (1020..renew_at).step_by(20) {
+            assert_eq!(again(&mut t, id, now, &ALICE).status, Status::Valid);
+        }
+        let first = evaluate(&mut t, Incoming::Verified(id), &old, renew_at, &POLICY, &ALICE);
+        assert_eq!(first.status, Status::Renewed);
+        let by = VerifiedBy::Fallback(0);
+        let later = evaluate(
+            &mut t,
+            Incoming::Verified(id),
+            keys.verifier(by),
+            renew_at + 1,
+            &POLICY,
+            &ALICE,
+        );
+        assert_eq!((later.status, later.id), (Status::Renewed, first.id));
     }
 
     #[test]

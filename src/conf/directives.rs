@@ -8,10 +8,14 @@ use core::ffi::{c_char, c_void};
 use core::ptr;
 
 use ngx::core::NGX_CONF_OK;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_int_t, ngx_msec_t, ngx_parse_time, ngx_str_t, ngx_uint_t,
-    sockaddr, socklen_t, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_WARN,
+    ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_int_t, ngx_msec_t, ngx_parse_time,
+    ngx_str_t, ngx_uint_t, sockaddr, socklen_t, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
+    NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
+    NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
@@ -30,6 +34,13 @@ const MIN_SECRET_LEN: usize = 32;
 pub(super) enum SecretSetting {
     Random,
     Key(Vec<u8>),
+}
+
+/// `sessions_secret_file`: what the file held when the configuration was read.
+#[derive(Clone)]
+pub(super) struct SecretFileSetting {
+    pub(super) secret: Vec<u8>,
+    pub(super) fallbacks: Vec<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -154,10 +165,12 @@ const LOC: u32 = NGX_HTTP_LOC_CONF;
 const NOARGS: u32 = NGX_CONF_NOARGS;
 
 /// The module's directives (NGINX reads the table, terminated by an empty entry).
-pub(crate) static mut COMMANDS: [ngx_command_t; 20] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 22] = [
     directive!("sessions", HTTP_ANY, FLAG, LocConf.enabled, parse_sessions),
     directive!("sessions_pass_cookie", HTTP_ANY, FLAG, LocConf.pass_cookie, parse_on_off),
     directive!("sessions_secret", HTTP_SRV, TAKE1, SrvConf.secret, parse_secret),
+    directive!("sessions_secret_file", HTTP_SRV, TAKE1, SrvConf.secret_file, parse_secret_file),
+    fallback_entry(),
     directive!("sessions_name", HTTP_SRV, TAKE1, SrvConf.name, parse_name),
     directive!("sessions_idling_timeout", HTTP_SRV, TAKE1, SrvConf.idle, parse_seconds),
     directive!("sessions_rolling_timeout", HTTP_SRV, TAKE1, SrvConf.rolling, parse_seconds),
@@ -232,17 +245,105 @@ fn parse_secret(arg: &mut Arg) -> Result<SecretSetting, ConfError> {
     if v == b"random" {
         return Ok(SecretSetting::Random);
     }
-    if v.len() < MIN_SECRET_LEN {
-        let cf: *mut ngx_conf_t = arg.cf;
+    warn_if_short(arg.cf, "\"sessions_secret\"", v);
+    Ok(SecretSetting::Key(v.to_vec()))
+}
+
+/// The `[warn]` of a configured secret that is too short to be a random key.
+fn warn_if_short(cf: *mut ngx_conf_t, what: &str, secret: &[u8]) {
+    if secret.len() < MIN_SECRET_LEN {
         ngx_conf_log_error!(
             NGX_LOG_WARN,
             cf,
-            "\"sessions_secret\" is {} bytes; use at least {} random bytes",
-            v.len(),
+            "{} is {} bytes; use at least {} random bytes",
+            what,
+            secret.len(),
             MIN_SECRET_LEN
         );
     }
-    Ok(SecretSetting::Key(v.to_vec()))
+}
+
+/// `sessions_secret_file`: read now, that is at start and on every reload.
+fn parse_secret_file(arg: &mut Arg) -> Result<SecretFileSetting, ConfError> {
+    let pool = arg.cf.pool;
+    // SAFETY: the configuration pool is live; the copy lives as long as the cycle.
+    let Some(mut path) = (unsafe { ngx_str_t::from_bytes(pool, arg.value) }) else {
+        return Err(ConfError::NoMemory);
+    };
+    // Relative to the configuration prefix, like `ssl_certificate`.
+    // SAFETY: a live cycle and a path in its pool; the full name is allocated there too.
+    if unsafe { ngx_conf_full_name(arg.cf.cycle, &mut path, 1) } != NGX_OK as ngx_int_t {
+        return Err(ConfError::NoMemory);
+    }
+    let shown = show(path.as_bytes());
+    let file = std::path::Path::new(std::ffi::OsStr::from_bytes(path.as_bytes()));
+    let contents = std::fs::read(file).map_err(|e| {
+        ConfError::msg(format!("\"sessions_secret_file\": cannot read \"{shown}\": {e}"))
+    })?;
+    let Some(parsed) = cookie::parse_secret_file(&contents) else {
+        return Err(ConfError::msg(format!(
+            "\"sessions_secret_file\": \"{shown}\" has no secret (its first line is empty)"
+        )));
+    };
+    let cf: *mut ngx_conf_t = arg.cf;
+    if let Ok(meta) = std::fs::metadata(file) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o044 != 0 {
+            ngx_conf_log_error!(
+                NGX_LOG_WARN,
+                cf,
+                "\"sessions_secret_file\": \"{}\" can be read by other users (mode {:04o}); make it 0600 or 0400",
+                shown,
+                mode
+            );
+        }
+    }
+    warn_if_short(cf, &format!("the secret in \"{shown}\""), &parsed.current);
+    for (i, fallback) in parsed.fallbacks.iter().enumerate() {
+        warn_if_short(cf, &format!("fallback secret {} in \"{shown}\"", i + 1), fallback);
+    }
+    Ok(SecretFileSetting { secret: parsed.current, fallbacks: parsed.fallbacks })
+}
+
+/// `sessions_secret_fallback` may be repeated: its own handler appends to one list
+/// (the generic [`set`] refuses a second directive).
+const fn fallback_entry() -> ngx_command_t {
+    ngx_command_t {
+        name: ngx_string!("sessions_secret_fallback"),
+        type_: (HTTP_SRV | TAKE1) as ngx_uint_t,
+        set: Some(set_fallback),
+        conf: NGX_HTTP_SRV_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
+/// # Safety
+/// Called by NGINX with a live `cf` and `conf` our server-level configuration (the entry's
+/// `conf` offset).
+unsafe extern "C" fn set_fallback(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: the function's contract.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<SrvConf>()) };
+    // SAFETY: while a directive is handled, `cf.args` holds its name and arguments.
+    let args = unsafe { cf.args.as_ref().map(|a| a.as_slice::<ngx_str_t>()).unwrap_or(&[]) };
+    let value = args.get(1).map(|s| s.as_bytes()).unwrap_or(b"");
+    if value.is_empty() {
+        return Located::from(ConfError::msg("\"sessions_secret_fallback\" must not be empty"))
+            .report(cf);
+    }
+    warn_if_short(cf, "\"sessions_secret_fallback\"", value);
+    let value = value.to_vec();
+    match &mut conf.fallbacks {
+        Some(list) => list.value.push(value),
+        None => {
+            conf.fallbacks = Some(Setting { value: vec![value], origin: super::Origin::here(cf) })
+        }
+    }
+    NGX_CONF_OK
 }
 
 fn parse_name(arg: &mut Arg) -> Result<NameSetting, ConfError> {

@@ -34,7 +34,7 @@ use crate::shm::SharedZone;
 use crate::Module;
 
 pub(crate) use directives::COMMANDS;
-use directives::{NameSetting, RedisSetting, SecretSetting};
+use directives::{NameSetting, RedisSetting, SecretFileSetting, SecretSetting};
 use error::{ConfError, Located};
 use zone::ZoneSpec;
 
@@ -97,6 +97,11 @@ impl Level for MainConf {
 #[derive(Default)]
 pub(crate) struct SrvConf {
     secret: Option<Setting<SecretSetting>>,
+    /// `sessions_secret_file`: the secret (and fallbacks) read from a file; excludes
+    /// `sessions_secret` at the same level.
+    secret_file: Option<Setting<SecretFileSetting>>,
+    /// `sessions_secret_fallback`, every one given at this level, in order.
+    fallbacks: Option<Setting<Vec<Vec<u8>>>>,
     name: Option<Setting<NameSetting>>,
     idle: Option<Setting<u64>>,
     rolling: Option<Setting<u64>>,
@@ -119,6 +124,8 @@ impl Level for SrvConf {
 pub(crate) struct Resolved {
     /// `None`: the random secret in force.
     pub(crate) signer: Option<Signer>,
+    /// Earlier secrets that still verify cookies (whatever the current one is).
+    pub(crate) fallbacks: Vec<Signer>,
     /// `None`: the random name in force.
     pub(crate) name: Option<Vec<u8>>,
     /// The `Set-Cookie` attributes after the value (without `Secure`).
@@ -218,7 +225,15 @@ impl MainConf {
 impl SrvConf {
     /// Merges with the enclosing level and resolves everything requests need.
     fn merge_from(&mut self, prev: &SrvConf) -> Result<(), Located> {
-        inherit(&mut self.secret, &prev.secret);
+        // The http level is never merged itself: its conflicts are found with each server.
+        prev.check_one_secret()?;
+        self.check_one_secret()?;
+        // The nearest level that names a secret, from a file or not, decides it.
+        if self.secret.is_none() && self.secret_file.is_none() {
+            inherit(&mut self.secret, &prev.secret);
+            inherit(&mut self.secret_file, &prev.secret_file);
+        }
+        inherit(&mut self.fallbacks, &prev.fallbacks);
         inherit(&mut self.name, &prev.name);
         inherit(&mut self.idle, &prev.idle);
         inherit(&mut self.rolling, &prev.rolling);
@@ -267,12 +282,11 @@ impl SrvConf {
                 first_origin([origin(&self.name), origin(&self.samesite), origin(&self.secure)]),
             ));
         }
-        let signer = match &self.secret {
-            Some(Setting { value: SecretSetting::Key(k), .. }) => Some(Signer::new(k)),
-            _ => None,
-        };
+        let signer = self.fixed_secret().map(|(secret, _)| Signer::new(secret));
+        let fallbacks = self.fallback_secrets().into_iter().map(Signer::new).collect();
         self.resolved = Some(Resolved {
             signer,
+            fallbacks,
             name,
             suffix: attrs.suffix(),
             secure: attrs.secure,
@@ -282,12 +296,40 @@ impl SrvConf {
         Ok(())
     }
 
-    /// The fixed secret, if one is configured (for the startup fingerprint).
-    fn fixed_secret(&self) -> Option<&[u8]> {
-        match &self.secret {
-            Some(Setting { value: SecretSetting::Key(k), .. }) => Some(k),
+    /// `sessions_secret` and `sessions_secret_file` at one level: which one would be meant?
+    fn check_one_secret(&self) -> Result<(), Located> {
+        match (&self.secret, &self.secret_file) {
+            (Some(_), Some(file)) => Err(ConfError::msg(
+                "\"sessions_secret_file\" cannot be combined with \"sessions_secret\" at the same level",
+            )
+            .at(file.origin)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The fixed secret in force, if any, and where it comes from (for the startup
+    /// fingerprint). A secret file replaces `random`.
+    fn fixed_secret(&self) -> Option<(&[u8], &'static str)> {
+        match (&self.secret, &self.secret_file) {
+            (_, Some(file)) => Some((&file.value.secret, "file")),
+            (Some(Setting { value: SecretSetting::Key(k), .. }), None) => Some((k, "configured")),
             _ => None,
         }
+    }
+
+    /// The fallback secrets in force: the secret file's, then `sessions_secret_fallback`'s;
+    /// each once, and never the current secret again (it is tried first anyway).
+    fn fallback_secrets(&self) -> Vec<&[u8]> {
+        let from_file = self.secret_file.iter().flat_map(|f| &f.value.fallbacks);
+        let listed = self.fallbacks.iter().flat_map(|f| &f.value);
+        let current = self.fixed_secret().map(|(s, _)| s);
+        let mut out: Vec<&[u8]> = Vec::new();
+        for secret in from_file.chain(listed) {
+            if Some(secret.as_slice()) != current && !out.contains(&secret.as_slice()) {
+                out.push(secret);
+            }
+        }
+        out
     }
 }
 
@@ -370,11 +412,13 @@ pub(crate) fn log_fixed_secrets(cf: &ngx_conf_t) {
     for &cscf in servers {
         // SAFETY: each element is a live server configuration of this cycle.
         let Some(scf) = Module::server_conf(unsafe { &*cscf }) else { continue };
-        if let Some(secret) = scf.fixed_secret() {
+        let current = scf.fixed_secret();
+        let fallbacks = scf.fallback_secrets().into_iter().map(|s| (s, "fallback"));
+        for (secret, kind) in current.into_iter().chain(fallbacks) {
             let fp = cookie::fingerprint(secret);
             if !seen.contains(&fp) {
                 seen.push(fp);
-                crate::log::fingerprint(cf.log, &fp, "configured");
+                crate::log::fingerprint(cf.log, &fp, kind);
             }
         }
     }
