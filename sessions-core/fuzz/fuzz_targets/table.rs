@@ -1,17 +1,22 @@
 //! The shared-memory table under random operation sequences, against a model.
 //!
-//! A small table (0 to ~120 slots, few buckets so chains collide) takes groups of
+//! A small table (0 to ~60 slots, few buckets so chains collide) takes groups of
 //! operations; each group runs in one `SlotTable`, as one request does under the zone's
 //! lock (so the table's lookup cache lives across the group). After each group, a copy of
 //! the storage is probed for every key, which tells exactly which records are present
 //! without disturbing the LRU order of the real table.
 //!
-//! Checked: a found record is the one last stored for that key (times kept in 32 bits);
-//! a removed or never-inserted key is never found; a key known to be present is found and
-//! makes `insert` say `Exists`; inserting an absent key succeeds when the table has any
-//! slot; `len` equals the records present and never exceeds the capacity; only an insert
-//! makes records disappear, and one insert evicts at most one unexpired record, only
-//! when no slot was free after reclaiming expired ones.
+//! Checked: the table's own structural invariants (`check_invariants`: lists, free list,
+//! chains, the protected cap, the lookup cache) after every operation; a found record is
+//! the one last stored for that key (times kept in 32 bits, the version kept); a removed
+//! or never-inserted key is never found; a key known to be present is found and makes
+//! `insert` say `Exists`; inserting an absent key succeeds when the table has any slot;
+//! `len` equals the records present and never exceeds the capacity; only an insert makes
+//! records disappear, and one insert evicts at most one unexpired record, only when no
+//! slot was free after reclaiming expired ones, and counts it as an eviction; the eviction
+//! reports add up to the evictions counted; a new session that is never looked up again
+//! survives at least `capacity - protected_cap - 1` newer insertions unless it expires
+//! (the segmented LRU's guarantee to newcomers, `SlotTable::protected_cap`).
 
 #![no_main]
 
@@ -20,10 +25,11 @@ use std::collections::{HashMap, HashSet};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use sessions_core::cookie::StoreKey;
-use sessions_core::session::{Record, StoreError, Table};
+use sessions_core::session::{BindingHashes, Record, StoreError, Table};
 use sessions_core::table::{layout, Header, Slot, SlotTable};
 
-const KEYS: u8 = 24;
+/// Enough keys to fill the smaller tables (up to ~60 slots), so that evictions happen.
+const KEYS: u8 = 48;
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Expires {
@@ -31,11 +37,13 @@ enum Expires {
     At(u64),
 }
 
+type RawRecord = (u64, u64, u64, u64, u32, u32, bool);
+
 #[derive(Arbitrary, Debug)]
 enum Op {
     Insert {
         key: u8,
-        rec: (u64, u64, u64, u64, u32, u32),
+        rec: RawRecord,
         expires: Expires,
         established: bool,
     },
@@ -44,7 +52,7 @@ enum Op {
     },
     Update {
         key: u8,
-        rec: (u64, u64, u64, u64, u32, u32),
+        rec: RawRecord,
         expires: Expires,
     },
     Remove {
@@ -53,6 +61,8 @@ enum Op {
     Tick(u8),
     /// Clocks are not monotonic across workers and reloads.
     ClockBack(u8),
+    /// The once-a-minute eviction log line.
+    Report,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -75,8 +85,22 @@ fn sat(t: u64) -> u64 {
     t.min(u64::from(u32::MAX))
 }
 
-fn record(r: (u64, u64, u64, u64, u32, u32)) -> Record {
-    Record { created: r.0, issued: r.1, last_seen: r.2, renewed_at: r.3, ip: r.4, user_agent: r.5 }
+fn record(r: RawRecord) -> Record {
+    Record {
+        created: r.0,
+        issued: r.1,
+        last_seen: r.2,
+        renewed_at: r.3,
+        ip: r.4,
+        user_agent: r.5,
+        hashes: if r.6 { BindingHashes::Legacy } else { BindingHashes::Keyed },
+    }
+}
+
+fn check(t: &SlotTable, context: &dyn std::fmt::Debug) {
+    if let Err(e) = t.check_invariants() {
+        panic!("invariant broken after {context:?}: {e}");
+    }
 }
 
 /// What a slot keeps of a record.
@@ -127,8 +151,16 @@ enum Known {
     Maybe,
 }
 
+/// A session inserted as new (probation) and never looked up since: the newcomer whose
+/// survival the protected cap guarantees.
+#[derive(Clone, Copy, Debug)]
+struct Newcomer {
+    /// `inserts` when it was inserted.
+    seq: u64,
+}
+
 fuzz_target!(|input: Input| {
-    let (nbuckets, nslots) = layout(usize::from(input.bytes % 8192));
+    let (nbuckets, nslots) = layout(usize::from(input.bytes % 4096));
     let mut st = Storage {
         header: Header::default(),
         buckets: vec![0; nbuckets],
@@ -136,19 +168,32 @@ fuzz_target!(|input: Input| {
     };
     st.table().init();
     let capacity = nslots;
+    let guaranteed = {
+        let t = st.table();
+        check(&t, &"init");
+        (capacity as u64).saturating_sub(u64::from(t.protected_cap()) + 1)
+    };
     let mut now = u64::from(input.start);
 
     // Last record and expiry written per key; what is known of its presence (absent keys
     // are not in `known`).
     let mut written: HashMap<StoreKey, (Record, u64)> = HashMap::new();
     let mut known: HashMap<StoreKey, Known> = HashMap::new();
+    let mut newcomers: HashMap<StoreKey, Newcomer> = HashMap::new();
+    // Successful inserts so far, and evictions reported so far.
+    let mut inserts_total = 0u64;
+    let mut reported = 0u64;
+    let mut evictions = 0u64;
     let (mut before, _) = st.probe();
 
     for group in input.groups.iter().take(64) {
         let mut inserts = 0;
         // Keys whose record had expired when the (last) insert ran.
         let mut expired_at_insert: HashSet<StoreKey> = HashSet::new();
+        // Keys whose record had expired when any insert of the group ran.
+        let mut expired_at_any_insert: HashSet<StoreKey> = HashSet::new();
         let mut removed: HashSet<StoreKey> = HashSet::new();
+        let evictions_before = evictions;
         {
             let mut t = st.table();
             for op in group.iter().take(4) {
@@ -166,16 +211,23 @@ fuzz_target!(|input: Input| {
                         match res {
                             Ok(()) => {
                                 inserts += 1;
+                                inserts_total += 1;
                                 expired_at_insert = written
                                     .iter()
                                     .filter(|(_, (_, exp))| *exp <= now)
                                     .map(|(k, _)| *k)
                                     .collect();
+                                expired_at_any_insert.extend(expired_at_insert.iter().copied());
                                 // Others may have been evicted or reclaimed.
                                 known.values_mut().for_each(|v| *v = Known::Maybe);
                                 known.insert(k, Known::Present);
                                 written.insert(k, (stored(&rec), sat(exp)));
                                 removed.remove(&k);
+                                if established {
+                                    newcomers.remove(&k);
+                                } else {
+                                    newcomers.insert(k, Newcomer { seq: inserts_total });
+                                }
                             }
                             Err(StoreError::Exists) => {
                                 known.insert(k, Known::Present);
@@ -195,6 +247,8 @@ fuzz_target!(|input: Input| {
                             Some(r) => {
                                 assert_eq!(r, written[&k].0, "found record is not the stored one");
                                 known.insert(k, Known::Present);
+                                // In use now: promoted, no longer a newcomer.
+                                newcomers.remove(&k);
                             }
                             None => {
                                 known.remove(&k);
@@ -215,15 +269,27 @@ fuzz_target!(|input: Input| {
                         t.remove(&k);
                         known.remove(&k);
                         removed.insert(k);
+                        newcomers.remove(&k);
                     }
                     Op::Tick(d) => now += u64::from(d),
                     Op::ClockBack(d) => now = now.saturating_sub(u64::from(d)),
+                    Op::Report => {
+                        if let Some(r) = t.eviction_report(now) {
+                            assert!(r.evictions > 0, "an empty report: {r:?}");
+                            reported += r.evictions;
+                        }
+                    }
                 }
+                check(&t, op);
+                assert!(t.len() <= capacity);
+                evictions = t.evictions_total();
+                assert!(reported <= evictions, "{reported} reported of {evictions} evictions");
             }
-            assert!(t.len() <= capacity);
         }
-
-        // TODO(integrator): call check_invariants on `st.table()` here.
+        {
+            let t = st.table();
+            check(&t, &"the end of a lock section");
+        }
 
         let (present, len) = st.probe();
         assert_eq!(len, present.len(), "len() disagrees with the records present");
@@ -245,12 +311,15 @@ fuzz_target!(|input: Input| {
             .filter(|k| !present.contains_key(k) && !removed.contains(k))
             .copied()
             .collect();
+        let evicted = evictions - evictions_before;
+        assert!(evicted <= inserts, "{evicted} evictions counted in {inserts} inserts");
         if inserts == 0 {
             assert!(dropped.is_empty(), "records vanished without an insert: {dropped:?}");
         } else if inserts == 1 && removed.is_empty() {
             let (expired, live): (Vec<&StoreKey>, Vec<&StoreKey>) =
                 dropped.iter().partition(|k| expired_at_insert.contains(*k));
             assert!(live.len() <= 1, "one insert evicted {} live records", live.len());
+            assert_eq!(live.len() as u64, evicted, "evictions miscounted");
             if live.len() == 1 {
                 assert_eq!(
                     before.len() - expired.len(),
@@ -259,6 +328,30 @@ fuzz_target!(|input: Input| {
                 );
             }
         }
+
+        // A newcomer that vanished was evicted (it was neither removed nor looked up) unless
+        // it had expired: by an insert of this group, after at least `guaranteed` others.
+        newcomers.retain(|k, n| {
+            if present.contains_key(k) {
+                return true;
+            }
+            if !expired_at_any_insert.contains(k) {
+                let newer = inserts_total - n.seq;
+                assert!(
+                    newer > guaranteed,
+                    "a newcomer was evicted by the {newer}th newer insert; guaranteed \
+                     {guaranteed} (capacity {capacity})"
+                );
+            }
+            false
+        });
         before = present;
     }
+
+    // Whatever was evicted and not reported yet is reported when the minute is up.
+    let mut t = st.table();
+    if let Some(r) = t.eviction_report(u64::MAX) {
+        reported += r.evictions;
+    }
+    assert_eq!(reported, t.evictions_total(), "reports do not add up to the evictions");
 });

@@ -3,7 +3,9 @@
 //! of operations runs on it.
 //!
 //! Checked: every operation returns, without panicking, overflowing or running away (the
-//! script runs libFuzzer with a short `-timeout`, so a loop that does not end is a crash).
+//! script runs libFuzzer with a short `-timeout`, so a loop that does not end is a crash);
+//! so do the eviction report and `check_invariants`, which must report a corrupted table,
+//! not trip over it. A table that passes `check_invariants` keeps passing it.
 
 #![no_main]
 
@@ -12,7 +14,7 @@ use core::mem::size_of;
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use sessions_core::cookie::StoreKey;
-use sessions_core::session::{Record, Table};
+use sessions_core::session::{BindingHashes, Record, Table};
 use sessions_core::table::{Header, Slot, SlotTable};
 
 #[derive(Arbitrary, Debug)]
@@ -35,11 +37,16 @@ enum Op {
     },
     /// A new lock section (the lookup cache starts empty).
     Relock,
+    Report {
+        now: u64,
+    },
 }
 
 /// `T` from raw bytes. Only for the plain-integer `repr(C)` types of the table, which
 /// have no padding and accept every bit pattern, as they must: the glue reads them
 /// straight from shared memory.
+const _: () = assert!(size_of::<Header>() == 80 && size_of::<Slot>() == 64);
+
 fn from_bytes<T: Default>(bytes: &[u8]) -> T {
     let mut v = T::default();
     let n = bytes.len().min(size_of::<T>());
@@ -86,7 +93,16 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
     }
     let mut header = header;
     let mut t = SlotTable::new(&mut header, &mut buckets, &mut slots);
-    let rec = Record { created: 1, issued: 1, last_seen: 1, renewed_at: 0, ip: 1, user_agent: 2 };
+    let rec = Record {
+        created: 1,
+        issued: 1,
+        last_seen: 1,
+        renewed_at: 0,
+        ip: 1,
+        user_agent: 2,
+        hashes: if u.arbitrary()? { BindingHashes::Legacy } else { BindingHashes::Keyed },
+    };
+    let mut sound = t.check_invariants().is_ok();
     for _ in 0..u.int_in_range(0..=32)? {
         match Op::arbitrary(u)? {
             Op::Insert { key: n, established, now, expires } => {
@@ -100,8 +116,15 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
             Op::Relock => {
                 t = SlotTable::new(&mut header, &mut buckets, &mut slots);
             }
+            Op::Report { now } => {
+                let _ = t.eviction_report(now);
+            }
         }
-        let _ = (t.len(), t.is_empty(), t.capacity());
+        let _ = (t.len(), t.is_empty(), t.capacity(), t.evictions_total(), t.protected_cap());
+        match t.check_invariants() {
+            Ok(()) => sound = true,
+            Err(e) => assert!(!sound, "a sound table broke: {e}"),
+        }
     }
     Ok(())
 }
