@@ -4,11 +4,12 @@
 //! each value must be, for any secret (shorter and longer than a SHA-256 block), any
 //! cookie name length (messages across block boundaries) and any ID.
 //!
-//! Checked: `seal` is `b64url(id) "." b64url(HMAC(secret, 0x01 ‖ len(name) ‖ name ‖ id)[..16])`;
-//! `successor` and `log_hash` are their HMACs (domains 0x02 and 0x03); `store_key` is
-//! SHA-256 of its label and the ID; `SessionId::encode` is unpadded base64url; `open`
-//! accepts a value (optionally quoted) exactly when strict base64url decoding and the
-//! reference tag say so, and then returns the ID.
+//! Checked: `seal` is `b64url(id) "." b64url(tag)` with `tag` the first 16 bytes of
+//! `HMAC(secret, 0x01 ‖ len(name) ‖ name ‖ id)`; `successor` and `log_hash` are the HMACs
+//! of domains 0x02 and 0x03; `store_key` is SHA-256 of its label and the ID;
+//! `SessionId::encode` is unpadded base64url; `open` accepts a value (optionally quoted)
+//! exactly when strict base64url decoding and the reference tag say so, and then returns
+//! the ID.
 
 #![no_main]
 
