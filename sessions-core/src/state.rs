@@ -322,29 +322,8 @@ fn temp_path(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use crate::cookie::SessionId;
-    use crate::table::{layout, Header, Slot, TableCopy};
-
-    struct Owned {
-        header: Header,
-        buckets: Vec<u32>,
-        slots: Vec<Slot>,
-    }
-
-    impl Owned {
-        fn new(bytes: usize) -> Owned {
-            let (b, s) = layout(bytes);
-            let mut o = Owned {
-                header: Header::default(),
-                buckets: vec![0; b],
-                slots: vec![Slot::default(); s],
-            };
-            o.table().init();
-            o
-        }
-        fn table(&mut self) -> SlotTable<'_> {
-            SlotTable::new(&mut self.header, &mut self.buckets, &mut self.slots)
-        }
-    }
+    use crate::table::tests::Owned;
+    use crate::table::TableCopy;
 
     fn key(n: u32) -> StoreKey {
         let mut id = [0u8; 16];

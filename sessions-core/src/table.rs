@@ -654,18 +654,19 @@ impl Table for SlotTable<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cookie::SessionId;
 
-    struct Owned {
-        header: Header,
+    /// A table over owned memory, for tests here and in `state`.
+    pub(crate) struct Owned {
+        pub(crate) header: Header,
         buckets: Vec<u32>,
         slots: Vec<Slot>,
     }
 
     impl Owned {
-        fn new(bytes: usize) -> Owned {
+        pub(crate) fn new(bytes: usize) -> Owned {
             let (b, s) = layout(bytes);
             let mut o = Owned {
                 header: Header::default(),
@@ -675,7 +676,7 @@ mod tests {
             o.table().init();
             o
         }
-        fn table(&mut self) -> SlotTable<'_> {
+        pub(crate) fn table(&mut self) -> SlotTable<'_> {
             SlotTable::new(&mut self.header, &mut self.buckets, &mut self.slots)
         }
     }
