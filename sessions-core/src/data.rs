@@ -9,6 +9,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::cookie::SessionId;
+
 /// The longest key.
 pub const MAX_KEY_LEN: usize = 64;
 /// The largest `sessions_data_size`.
@@ -215,6 +217,45 @@ impl Actions {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty() && !self.renew && self.destroy.is_none()
     }
+}
+
+/// What a response does to its session cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CookieChange {
+    /// Nothing more than the evaluation decided.
+    Keep,
+    /// `Set-Cookie` with this ID (an explicit renewal).
+    Set(SessionId),
+    /// `Set-Cookie: <name>=; Max-Age=0` with the same Path and Domain (destroyed).
+    Expire,
+}
+
+/// Why a response's data changes were not applied (one `[error]` line each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The data would have been larger than `sessions_data_size`.
+    TooLarge(TooLarge),
+    /// The session is gone (destroyed or expired meanwhile): never brought back.
+    Gone,
+    /// The store could not be used (no room, Redis failed or timed out).
+    Store,
+}
+
+/// What applying a response's [`Actions`] did, whichever the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The session's ID after the response; `None` once destroyed.
+    pub id: Option<SessionId>,
+    /// The session's data after the response (what `$session_data_*` reads from then on).
+    pub data: Data,
+    pub cookie: CookieChange,
+    /// This session was destroyed (`this`, `all`).
+    pub destroyed_this: bool,
+    /// Other sessions of the subject destroyed (`others`, `all`).
+    pub destroyed_others: usize,
+    /// Why the data changes were not applied, if they were not. Renewal and destruction are
+    /// applied even then: a login's new ID and a logout must not depend on the data.
+    pub refused: Option<Refused>,
 }
 
 #[cfg(test)]
