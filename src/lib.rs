@@ -24,7 +24,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(unreachable_pub)]
 
-use sessions_core::{cookie, http, redis_flow, redis_url, session, state, table};
+use sessions_core::{cookie, data, http, redis_flow, redis_url, session, state, table};
 
 mod access;
 mod conf;
