@@ -9,7 +9,7 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_push, ngx_conf_t, ngx_event_t, ngx_http_handler_pt,
     ngx_http_phases_NGX_HTTP_ACCESS_PHASE as NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_int_t,
-    ngx_time, NGX_LOG_ALERT,
+    ngx_time, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT,
 };
 use ngx::http::{
     HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
@@ -82,11 +82,44 @@ fn kind(incoming: Incoming) -> &'static str {
 unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: NGINX calls phase handlers with a live request.
     let rc = unsafe { evaluate(r) };
+    if rc != Status::NGX_DECLINED.into() {
+        return rc;
+    }
     // SAFETY: as above.
-    if rc == Status::NGX_DECLINED.into() && unsafe { pass_cookie::apply(r) }.is_err() {
+    if unsafe { pass_cookie::apply(r) }.is_err() {
         return Status::NGX_ERROR.into();
     }
-    rc
+    // SAFETY: as above.
+    unsafe { require(r) }
+}
+
+/// `sessions_require`, once the session is decided (here, after a Redis resume, and again
+/// in the location an internal redirect leads to): every value neither empty nor `0`, or
+/// 401 (`error=`); 503 when the store failed.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn require(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: the caller's contract.
+    let req = unsafe { &*r };
+    let Some(require) = Module::location_conf(req).and_then(|l| l.data.require()) else {
+        return Status::NGX_DECLINED.into();
+    };
+    // SAFETY: the main request of a live request is live.
+    let status = unsafe { ctx::with(req.main, |ctx| ctx.eval.status) };
+    if status == Some(session::Status::Error) {
+        debug_http!(req, "sessions_require: store error, 503");
+        return NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t;
+    }
+    // SAFETY: as above.
+    match unsafe { require.satisfied(r) } {
+        Some(true) => Status::NGX_DECLINED.into(),
+        Some(false) => {
+            debug_http!(req, "sessions_require: not satisfied, {}", require.error);
+            require.error as ngx_int_t
+        }
+        None => Status::NGX_ERROR.into(),
+    }
 }
 
 /// Evaluates the session of a main request once.
