@@ -358,6 +358,15 @@ pub enum StoreError {
     Unavailable,
 }
 
+/// Why session data could not be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataError {
+    /// The session is not in the table (any more).
+    Gone,
+    /// No room for the data even after eviction.
+    NoRoom,
+}
+
 /// A session table that answers synchronously (shared memory, or a map in tests). Every
 /// method is called inside one critical section per request.
 pub trait Table {
@@ -375,7 +384,23 @@ pub trait Table {
     ) -> Result<(), StoreError>;
     /// Replaces an existing record.
     fn update(&mut self, key: &StoreKey, rec: &Record, expires: u64);
+    /// Forgets a record with its data and its place in the subject index.
     fn remove(&mut self, key: &StoreKey);
+    /// Appends the data (stored form) of `key`'s session to `out`; false when the key is unknown.
+    fn read_data(&mut self, key: &StoreKey, out: &mut Vec<u8>) -> bool;
+    /// Replaces the data of `key`'s session (empty: none) and indexes the session under
+    /// `subject` (a `data::subject_key`; `None`: not indexed).
+    fn write_data(
+        &mut self,
+        key: &StoreKey,
+        data: &[u8],
+        subject: Option<[u8; 16]>,
+        now: u64,
+    ) -> Result<(), DataError>;
+    /// Gives `to` the data and subject of `from` (renewal); `from` keeps none.
+    fn move_data(&mut self, from: &StoreKey, to: &StoreKey);
+    /// Removes every session indexed under `subject` but `keep`; returns how many.
+    fn remove_subject(&mut self, subject: &[u8; 16], keep: Option<&StoreKey>) -> usize;
 }
 
 /// How many fresh IDs are tried when one collides (never, in practice).
@@ -505,6 +530,8 @@ mod tests {
     #[derive(Default)]
     struct MapTable {
         map: HashMap<StoreKey, Record>,
+        /// Each session's data and subject, when it has any.
+        data: HashMap<StoreKey, (Vec<u8>, Option<[u8; 16]>)>,
         writes: usize,
         full: bool,
     }
@@ -537,6 +564,53 @@ mod tests {
         }
         fn remove(&mut self, key: &StoreKey) {
             self.map.remove(key);
+            self.data.remove(key);
+        }
+        fn read_data(&mut self, key: &StoreKey, out: &mut Vec<u8>) -> bool {
+            if !self.map.contains_key(key) {
+                return false;
+            }
+            if let Some((d, _)) = self.data.get(key) {
+                out.extend_from_slice(d);
+            }
+            true
+        }
+        fn write_data(
+            &mut self,
+            key: &StoreKey,
+            data: &[u8],
+            subject: Option<[u8; 16]>,
+            _now: u64,
+        ) -> Result<(), DataError> {
+            if !self.map.contains_key(key) {
+                return Err(DataError::Gone);
+            }
+            if data.is_empty() && subject.is_none() {
+                self.data.remove(key);
+            } else {
+                self.data.insert(*key, (data.to_vec(), subject));
+            }
+            Ok(())
+        }
+        fn move_data(&mut self, from: &StoreKey, to: &StoreKey) {
+            match self.data.remove(from) {
+                Some(d) if self.map.contains_key(to) => {
+                    self.data.insert(*to, d);
+                }
+                _ => {}
+            }
+        }
+        fn remove_subject(&mut self, subject: &[u8; 16], keep: Option<&StoreKey>) -> usize {
+            let gone: Vec<StoreKey> = self
+                .data
+                .iter()
+                .filter(|(k, (_, s))| s.as_ref() == Some(subject) && Some(*k) != keep)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in &gone {
+                self.remove(k);
+            }
+            gone.len()
         }
     }
 

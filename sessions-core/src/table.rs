@@ -13,7 +13,7 @@
 //!   that keeps the table open to newcomers).
 
 use crate::cookie::StoreKey;
-use crate::session::{BindingHashes, Record, StoreError, Table};
+use crate::session::{BindingHashes, DataError, Record, StoreError, Table};
 
 /// "No slot".
 pub const NIL: u32 = u32::MAX;
@@ -650,6 +650,31 @@ impl Table for SlotTable<'_> {
         if let Some(i) = self.find(key) {
             self.release(i);
         }
+    }
+
+    // Stubs until the zone stores data: sessions are known, their data is always empty.
+    fn read_data(&mut self, key: &StoreKey, _out: &mut Vec<u8>) -> bool {
+        self.find(key).is_some()
+    }
+
+    fn write_data(
+        &mut self,
+        key: &StoreKey,
+        data: &[u8],
+        subject: Option<[u8; 16]>,
+        _now: u64,
+    ) -> Result<(), DataError> {
+        match self.find(key) {
+            None => Err(DataError::Gone),
+            Some(_) if data.is_empty() && subject.is_none() => Ok(()),
+            Some(_) => Err(DataError::NoRoom),
+        }
+    }
+
+    fn move_data(&mut self, _from: &StoreKey, _to: &StoreKey) {}
+
+    fn remove_subject(&mut self, _subject: &[u8; 16], _keep: Option<&StoreKey>) -> usize {
+        0
     }
 }
 
