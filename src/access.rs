@@ -19,6 +19,7 @@ use ngx::ngx_log_error;
 use crate::conf::{MainConf, Resolved};
 use crate::cookie::{CookieCollector, Incoming, VerifiedBy};
 use crate::ctx::{self, RequestCtx};
+use crate::data::Data;
 use crate::fetch_metadata;
 use crate::identity::{self, Identity};
 use crate::log::{self, debug_http};
@@ -156,6 +157,7 @@ unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
         // SAFETY: live main request without a context.
         return unsafe { start_redis(r, res, mcf, upstream) };
     }
+    let mut data = Vec::new();
     let Some((eval, incoming)) = identity::with(res, mcf, |id| {
         let ((incoming, by), client) = (incoming(req, &id), client(req, &id));
         if fetch_metadata::held_back(req, res.samesite, incoming) {
@@ -166,9 +168,16 @@ unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
             Some(mut locked) => {
                 let mut table = locked.table();
                 let verifier = id.keys().verifier(by);
-                let eval =
-                    session::evaluate(&mut table, incoming, verifier, now, &res.policy, &client)
-                        .resigned(incoming, by);
+                let eval = session::evaluate_reading(
+                    &mut table,
+                    incoming,
+                    verifier,
+                    now,
+                    &res.policy,
+                    &client,
+                    &mut data,
+                )
+                .resigned(incoming, by);
                 let evictions = table.eviction_report(now);
                 drop(locked);
                 if let Some(report) = evictions {
@@ -199,7 +208,14 @@ unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     // SAFETY: live main request without a context (checked above).
     match unsafe { ctx::create(r, eval, redis_done) } {
-        Some(_) => Status::NGX_DECLINED.into(),
+        Some(mut ctx) => {
+            if !data.is_empty() {
+                // The table holds only what `respond` wrote: a stored form.
+                // SAFETY: just created; nothing else borrows it.
+                unsafe { ctx.as_mut().data = Data::decode(&data).unwrap_or_default() };
+            }
+            Status::NGX_DECLINED.into()
+        }
         None => Status::NGX_ERROR.into(),
     }
 }
