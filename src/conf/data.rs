@@ -208,20 +208,16 @@ fn parse_if(cf: &mut ngx_conf_t, name: &str, arg: &[u8]) -> Result<Complex, Conf
     }
 }
 
+/// A data directive's parser: the context, the level's data directives, the arguments,
+/// where the directive is written.
+type DataParser =
+    fn(&mut ngx_conf_t, &mut DataConf, &[ngx_str_t], Option<Origin>) -> Result<(), ConfError>;
+
 /// Runs a data directive's parser on our location configuration.
 ///
 /// # Safety
 /// `cf` is a live context and `conf` our location configuration.
-unsafe fn handle(
-    cf: *mut ngx_conf_t,
-    conf: *mut c_void,
-    parse: fn(
-        &mut ngx_conf_t,
-        &mut DataConf,
-        &[ngx_str_t],
-        Option<Origin>,
-    ) -> Result<(), ConfError>,
-) -> *mut c_char {
+unsafe fn handle(cf: *mut ngx_conf_t, conf: *mut c_void, parse: DataParser) -> *mut c_char {
     // SAFETY: the function's contract.
     let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<LocConf>()) };
     // SAFETY: as above.
