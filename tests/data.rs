@@ -378,3 +378,90 @@ fn config_errors() {
     ))
     .assert_ok();
 }
+
+// ---------------------------------------------------------------------------------------
+// nginx-conf/login.conf and nginx-conf/antibot.conf, run as shipped
+// ---------------------------------------------------------------------------------------
+
+/// Starts a shipped config with its two servers (8080, 8081) moved to free ports.
+fn run_shipped(name: &str) -> Nginx {
+    let prefix = TempDir::new("shipped");
+    std::os::unix::fs::symlink(root().join("build/modules"), prefix.path.join("modules")).unwrap();
+    let text = std::fs::read_to_string(root().join("nginx-conf").join(name)).unwrap();
+    let (front, app) = (free_port(), free_port());
+    let text = text
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{front}"))
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{app}"));
+    let conf = prefix.path.join("conf").join(name);
+    std::fs::write(&conf, text).unwrap();
+    Nginx::start_file(prefix, conf, front, 2, &["-g", "daemon off;"])
+}
+
+/// A form POST with a session cookie (`name=value`).
+fn post_form(port: u16, path: &str, cookie: &str, form: &str) -> Response {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: {UA}\r\nCookie: {cookie}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{form}",
+        form.len()
+    );
+    raw(port, req.as_bytes())
+}
+
+#[test]
+fn shipped_login_conf() {
+    let ng = run_shipped("login.conf");
+    let name = "app_session";
+    let cookie = |v: &str| format!("{name}={v}");
+    let r = ng.get("/account/");
+    assert_eq!((r.status, r.header("Location")), (303, Some("/login")), "{r}");
+    let anon = r.one_cookie(name).value;
+    // A wrong password: no renewal, nothing stored.
+    let r = post_form(ng.port, "/login", &cookie(&anon), "user=alice&password=nope");
+    assert!(r.set_cookies(name).is_empty(), "{r}");
+    assert_eq!(Req::get("/account/").cookie(&cookie(&anon)).send(ng.port).status, 303);
+    // The right one: a new ID, X-User hidden from the browser.
+    let r = post_form(ng.port, "/login", &cookie(&anon), "user=alice&password=demo");
+    assert_eq!(r.status, 200, "{r}");
+    assert!(r.header("X-User").is_none(), "{r}");
+    let alice = r.one_cookie(name).value;
+    assert_ne!(id_of(&alice), id_of(&anon));
+    let r = Req::get("/account/").cookie(&cookie(&alice)).send(ng.port);
+    assert_eq!((r.status, r.body_str().as_str()), (200, "page /account/ for \"alice\"\n"), "{r}");
+    // The ID known before the login is dead.
+    assert_eq!(Req::get("/account/").cookie(&cookie(&anon)).send(ng.port).status, 303);
+    // A second device of alice's, then "log out everywhere" from the first.
+    let other = ng.get("/").one_cookie(name).value;
+    let other = post_form(ng.port, "/login", &cookie(&other), "user=alice&password=demo")
+        .one_cookie(name)
+        .value;
+    let r = Req::get("/logout-everywhere").cookie(&cookie(&alice)).send(ng.port);
+    assert_eq!(r.one_cookie(name).attr("Max-Age"), Some("0"), "{r}");
+    for sid in [&alice, &other] {
+        assert_eq!(Req::get("/account/").cookie(&cookie(sid)).send(ng.port).status, 303);
+    }
+    ng.check_logs();
+}
+
+#[test]
+fn shipped_antibot_conf() {
+    let ng = run_shipped("antibot.conf");
+    let name = "guard";
+    let r = ng.get("/page");
+    assert_eq!(r.status, 200, "{r}");
+    assert!(r.body_str().contains("/challenge?answer="), "{r}");
+    let sid = r.one_cookie(name).value;
+    let cookie = format!("{name}={sid}");
+    let answer = r.body_str().split("answer=").nth(1).unwrap()[..16].to_string();
+    // A wrong answer changes nothing.
+    let r = Req::get("/challenge?answer=0000000000000000").cookie(&cookie).send(ng.port);
+    assert!(r.set_cookies(name).is_empty(), "{r}");
+    assert!(Req::get("/page").cookie(&cookie).send(ng.port).body_str().contains("answer="));
+    // The right one: trusted, under a new ID.
+    let r = Req::get(&format!("/challenge?answer={answer}")).cookie(&cookie).send(ng.port);
+    assert_eq!(r.status, 303, "{r}");
+    let human = r.one_cookie(name).value;
+    let r = Req::get("/page").cookie(&format!("{name}={human}")).send(ng.port);
+    assert_eq!(r.body_str(), "the site: /page\n", "{r}");
+    ng.check_logs();
+}
