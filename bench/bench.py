@@ -10,7 +10,8 @@ S-* against B0c is the module's own cost), B1 module loaded but `sessions off`, 
 `userid on` with a returning uid cookie, S-new / S-ret / S-renew the module with its
 shared-memory store (new session per request / returning cookie / every cookie renewed),
 L0 bare NGINX driven by S-renew's Lua client (what that client costs by itself), R-new /
-R-ret the Redis store (a local redis-server on wrk's core).
+R-ret the Redis store (a local redis-server on wrk's core), D-ret / D-set session data
+(3 keys of ~40 B read into a header on every request / a `sessions_set` on every request).
 
 What it does, in order:
   1. starts one NGINX per scenario (same binary, 1 worker pinned to core 0, temp prefix,
@@ -456,6 +457,49 @@ class SessRet(Scenario):
         expect(r.header("x-s") == "valid", f"S-ret: cookie still valid after the run: {r}")
 
 
+# D-ret's session data: 3 keys of ~40 bytes, written once by /seed.
+DATA_VALUES = {k: (k * 8 + "-0123456789abcdefghijklmnopqrstu")[:40] for k in "abc"}
+DATA_SEED = "location = /seed {\n    rewrite ^ /index.html break;\n" + "".join(
+    f"    sessions_set {k} {v};\n" for k, v in DATA_VALUES.items()) + "}"
+
+
+class DataRet(SessRet):
+    """D-ret: S-ret whose session holds 3 keys of ~40 bytes, all read into a response
+    header (`$session_data_a$session_data_b$session_data_c`) on every request."""
+
+    def verify(self):
+        r = httpc.get(self.ng.port, "/seed")
+        got = r.set_cookies(NAME)
+        expect(r.status == 200 and len(got) == 1, f"D-ret: /seed starts a session: {r}")
+        self.headers = (f"Cookie: {NAME}={got[0]}",)
+        r = httpc.get(self.ng.port, cookie=f"{NAME}={got[0]}")
+        want = "".join(DATA_VALUES.values())
+        expect(r.status == 200 and r.header("x-d") == want and r.header("set-cookie") is None,
+               f"D-ret: the measured path reads the 3 values, no Set-Cookie: {r}")
+
+    def measure(self):
+        Scenario.measure(self)
+        r = httpc.get(self.ng.port, cookie=self.headers[0].split(": ", 1)[1])
+        expect(r.header("x-d") == "".join(DATA_VALUES.values()),
+               f"D-ret: the data is still there after the run: {r}")
+
+
+class DataSet(SessRet):
+    """D-set: S-ret with a `sessions_set` on every request, to a value that changes every
+    request (`$connection_requests`), so each response writes the session's data."""
+
+    def verify(self):
+        super().verify()
+        cookie = self.headers[0].split(": ", 1)[1]
+        r = httpc.get(self.ng.port, "/n", cookie=cookie)
+        expect(r.header("x-n") not in (None, ""), f"D-set: the previous request's value is read: {r}")
+
+    def measure(self):
+        Scenario.measure(self)
+        r = httpc.get(self.ng.port, "/v/", cookie=self.headers[0].split(": ", 1)[1])
+        expect(r.header("x-s") == "valid", f"D-set: cookie still valid after the run: {r}")
+
+
 class SessRenew(Scenario):
     """Each request carries a different pre-created cookie older than the rolling timeout.
 
@@ -644,7 +688,20 @@ def make_scenarios(best_rate, bare_rate, redis=None):
                   best_rate),
         ClientRef("L0", "bare NGINX driven by the S-renew Lua client (client-cost reference)",
                   dict(module=False, verify=False), bare_rate),
-    ] + (redis_scenarios(redis) if redis else [])
+    ] + data_scenarios(mod) + (redis_scenarios(redis) if redis else [])
+
+
+def data_scenarios(mod):
+    # Rows self-contained: the shared-memory store; the Redis ones are added with Redis's.
+    return [
+        DataRet("D-ret", "sessions on, returning cookie, 3 keys of ~40 B read into a header",
+                dict(mod, server="sessions on;\n"
+                     "add_header X-D $session_data_a$session_data_b$session_data_c;\n" + DATA_SEED)),
+        DataSet("D-set", "sessions on, returning cookie, `sessions_set` on every request",
+                dict(mod, server="sessions on;\nsessions_set n $connection_requests;\n"
+                     "location = /n {\n    rewrite ^ /index.html break;\n"
+                     "    add_header X-N $session_data_n;\n}")),
+    ]
 
 
 def redis_scenarios(redis):
@@ -944,6 +1001,9 @@ def report(scenarios, zone, crit, elapsed_s):
     if by["S-new"].runs:
         d = med(by["S-new"].runs, "user_us") - B0["user_us"]
         target("S-new ≤ +0.8 µs user CPU per request over B0", d <= 0.8, f"{d:+.2f} µs")
+    if "D-ret" in by and by["D-ret"].runs and by["S-ret"].runs:
+        x = med(by["D-ret"].runs, "rps") / med(by["S-ret"].runs, "rps")
+        target("D-ret ≥ 0.95 × S-ret req/s (issue 9)", x >= 0.95, f"{x:.2f}")
     if "hot_path" in crit:
         target("hot path (criterion) ≤ 300 ns", crit["hot_path"][0] <= 300,
                f"{crit['hot_path'][0]:.0f} ns")
