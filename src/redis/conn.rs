@@ -115,6 +115,10 @@ pub(super) unsafe fn start(
         (*conn).deadline = deadline;
         load_next(conn);
         // The one timer of the command (handshake, setup, write, reply): see `on_read`.
+        // The keepalive timer goes first: `ngx_add_timer` would keep a key that is close.
+        if (*(*c).read).timer_set() != 0 {
+            ngx_del_timer((*c).read);
+        }
         ngx::ffi::ngx_add_timer((*c).read, time_left(deadline));
         let wev = (*c).write;
         // While connecting, the write event fires when the handshake ends (or fails).
@@ -407,6 +411,8 @@ unsafe fn release(conn: *mut Conn) {
             return;
         }
         (*c).set_idle(1);
+        // Closed by `on_idle_read` if nobody uses it meanwhile.
+        ngx::ffi::ngx_add_timer((*c).read, (*(*conn).upstream).keepalive_timeout);
         (*(*c).read).handler = Some(on_idle_read);
         (*(*c).write).handler = Some(on_idle_write);
         if let Err(conn) = worker::push_idle(conn, keep) {
@@ -415,8 +421,8 @@ unsafe fn release(conn: *mut Conn) {
     }
 }
 
-/// Redis sends nothing unasked: data, EOF or NGINX closing idle connections (graceful
-/// shutdown sets `close`) all end an idle connection.
+/// Redis sends nothing unasked: data, EOF, the keepalive timeout or NGINX closing idle
+/// connections (graceful shutdown sets `close`) all end an idle connection.
 unsafe extern "C" fn on_idle_read(rev: *mut ngx_event_t) {
     // SAFETY: NGINX calls this with the read event of a pooled connection of ours.
     unsafe {

@@ -35,6 +35,8 @@ pub(crate) struct Upstream {
     /// The most one command may take as a whole: connect, write, the complete reply.
     pub(crate) timeout: ngx_msec_t,
     pub(crate) keepalive: usize,
+    /// An idle pooled connection is closed after this long.
+    pub(crate) keepalive_timeout: ngx_msec_t,
 }
 
 impl Upstream {
