@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::io::{BufReader, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -99,4 +100,99 @@ fn bad_keepalive_timeout_fails_nginx_t() {
          server {{\n        listen 127.0.0.1:%%PORT%%;\n        location / {{ sessions on; }}\n    }}\n"
     ));
     t.assert_ok();
+}
+
+/// Has every worker make a request (each opens its connection and fetches the binding
+/// key), so that later counts see steady state only.
+fn warm_up(ng: &Nginx) {
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..200 {
+        if pids.len() == ng.workers {
+            return;
+        }
+        let r = Req::get("/index.html").send(ng.port);
+        assert_eq!(r.st(), "new", "{r}");
+        pids.insert(r.pid().to_string());
+    }
+    panic!("not every worker answered: {pids:?}");
+}
+
+/// 64 concurrent clients, each its own session, against 2 connections per worker: every
+/// request is `valid` and Redis sees no more than the pool's connections (pipelining), not
+/// one per concurrent request.
+#[test]
+fn many_concurrent_clients_share_a_few_pipelined_connections() {
+    const CLIENTS: usize = 64;
+    const REQUESTS: usize = 20;
+    let redis = Redis::start();
+    let ng = Nginx::start(&site(&redis_http(&redis, "sessions_redis_keepalive 2;"), ""));
+    warm_up(&ng);
+    let before = connections_received(&redis);
+    let port = ng.port;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let v = new_session(port, Req::get("/index.html"));
+                for _ in 0..REQUESTS {
+                    assert_valid(port, Req::get("/index.html"), &v);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client failed");
+    }
+    let opened = connections_received(&redis) - before;
+    // 2 workers × 2 connections, plus this fixture's own INFO query, plus slack for a
+    // connection that had to be reopened.
+    assert!(opened <= 2 * 2 + 1 + 2, "{opened} Redis connections for {CLIENTS} clients");
+    assert!(redis_clients(&redis) <= 2 * 2, "{}", redis.cmd(&["CLIENT", "LIST"]).text());
+    ng.check_logs();
+}
+
+/// HTTP/2 clients that vanish while their commands wait on a busy Redis (`DEBUG SLEEP`):
+/// the pooled connection stays open and serves the next requests, nothing is reopened.
+/// (NGINX keeps a suspended stream until its access phase resumes, so the replies still
+/// find their requests here; a request freed while waiting leaves a tombstone slot, whose
+/// reply is dropped the same way, without closing the connection.)
+#[test]
+fn client_going_away_keeps_the_pooled_connection() {
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl not installed: HTTP/2 abort test skipped");
+        return;
+    }
+    let redis = Redis::start_with(&["--enable-debug-command", "yes"]);
+    let http = redis_http(&redis, "sessions_redis_keepalive 1;\n    sessions_redis_timeout 3s;");
+    let ng = Nginx::start(&site(&http, "http2 on;"));
+    warm_up(&ng);
+    let v = new_session(ng.port, Req::get("/index.html"));
+    let before = connections_received(&redis);
+    let port = redis.port;
+    let sleeper = thread::spawn(move || {
+        let mut s = connect(port, None).expect("connect to redis");
+        s.write_all(b"DEBUG SLEEP 1\r\n").expect("DEBUG SLEEP");
+        read_resp(&mut BufReader::new(s)).expect("DEBUG SLEEP reply")
+    });
+    // Give DEBUG SLEEP a head start (it blocks Redis as a whole).
+    thread::sleep(Duration::from_millis(200));
+    let url = format!("http://127.0.0.1:{}/index.html", ng.port);
+    let cookie = format!("Cookie: {SID}={v}");
+    let ua = format!("User-Agent: {UA}");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--http2-prior-knowledge", "--max-time", "0.3"])
+        .args(["-H", &cookie, "-H", &ua, "--parallel", &url, &url, &url, &url])
+        .output()
+        .expect("curl");
+    assert!(!out.status.success(), "the streams should still be waiting on Redis");
+    assert_eq!(sleeper.join().expect("DEBUG SLEEP"), Resp::Simple("OK".into()));
+    for _ in 0..10 {
+        assert_valid(ng.port, Req::get("/index.html"), &v);
+    }
+    // Only this test's own Redis connections: DEBUG SLEEP and the INFO query.
+    let opened = connections_received(&redis) - before;
+    assert_eq!(opened, 2, "NGINX opened {} Redis connections", opened - 2);
+    ng.check_logs();
 }
