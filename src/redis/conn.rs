@@ -199,7 +199,7 @@ pub(super) unsafe fn enqueue(
         (*conn).pending.push_back(Slot {
             waiter,
             setup: false,
-            command,
+            command: if retry { command } else { Vec::new() },
             retry,
             deadline,
             queued_at: Instant::now(),
