@@ -1242,4 +1242,19 @@ mod tests {
         );
         assert_eq!(again(&mut t, bob, 1007, &ALICE).status, Status::Invalid);
     }
+
+    #[test]
+    fn a_renewal_the_store_cannot_take_keeps_the_old_id() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        t.full = true;
+        let renew = Actions { renew: true, ..Actions::default() };
+        let a = respond(&mut t, id, &renew, 1024, 1001, &POLICY);
+        assert_eq!(
+            (a.id, a.cookie, a.refused),
+            (Some(id), CookieChange::Keep, Some(Refused::Store))
+        );
+        t.full = false;
+        assert_eq!(again(&mut t, id, 1002, &ALICE).status, Status::Valid);
+    }
 }
