@@ -97,6 +97,8 @@ pub struct Slot {
 }
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
+// No implicit padding: the zone's bytes are read as these types.
+const _: () = assert!(core::mem::size_of::<Header>() == 4 + 4 + 3 * 16 + 5 * 8);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -117,6 +119,8 @@ struct List {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Header {
     free: u32,
+    /// Subject index entries.
+    subjects: u32,
     /// Indexed by segment (`FREE` unused).
     lists: [List; 3],
     /// Records evicted (pushed out alive for want of room) since the zone was made.
@@ -128,8 +132,6 @@ pub struct Header {
     unreported_min_idle: u64,
     /// When the last report was made (0: never, so the first eviction reports at once).
     last_report: u64,
-    /// Subject index entries.
-    subjects: u32,
 }
 
 /// One live record with what the table keeps beside it: its key, expiry, segment and data.

@@ -352,6 +352,7 @@ fuzz_target!(|input: Input| {
                             }
                             Err(DataError::Gone) => {
                                 known.remove(&k);
+                                data.remove(&k);
                             }
                         }
                         if res != Err(DataError::Gone) && data_used {
