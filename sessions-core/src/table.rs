@@ -738,11 +738,16 @@ impl<'a> SlotTable<'a> {
     }
 
     fn expire_some(&mut self, now: u64) {
+        self.expire_some_sparing(now, NIL);
+    }
+
+    /// [`Self::expire_some`], never reclaiming session `spare`.
+    fn expire_some_sparing(&mut self, now: u64, spare: u32) {
         for segment in [PROBATION, PROTECTED] {
             for _ in 0..EXPIRE_PER_INSERT {
                 let t = self.tail(segment);
                 match self.slots.get(t as usize) {
-                    Some(s) if u64::from(s.expires) <= now => self.release(t),
+                    Some(s) if u64::from(s.expires) <= now && t != spare => self.release(t),
                     _ => break,
                 }
             }
@@ -1087,6 +1092,10 @@ impl Table for SlotTable<'_> {
         let need = u16::try_from((LINKS_BYTES + data.len()).div_ceil(CHUNK_BYTES))
             .map_err(|_| DataError::NoRoom)?;
         let have = self.slots.get(i as usize).map_or(0, |s| s.chunks);
+        if need > have {
+            // Dead records go before live ones are evicted, as for an insertion.
+            self.expire_some_sparing(now, i);
+        }
         // The chunks it lacks first, on a chain of their own: on failure the session keeps
         // its data as it was.
         let mut extra = NIL;
@@ -1502,7 +1511,11 @@ pub(crate) mod tests {
                     9 => {
                         let s = [rng.gen_range(0..6u8); 16];
                         let keep = rng.gen_bool(0.5).then_some(k);
-                        t.remove_subject(&s, keep.as_ref());
+                        let expected = model
+                            .iter()
+                            .filter(|(m, (_, ms))| *ms == Some(s) && Some(**m) != keep)
+                            .count();
+                        assert_eq!(t.remove_subject(&s, keep.as_ref()), expected);
                         for (m, (_, ms)) in &model {
                             if *ms == Some(s) && Some(*m) != keep {
                                 assert!(t.find(m).is_none(), "seed {seed} step {step}");
