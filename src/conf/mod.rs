@@ -27,14 +27,14 @@ use ngx::http::{
 };
 
 use crate::cookie::{self, CookieAttrs, SameSite, Secure, Signer};
-use crate::redis::Upstream;
+use crate::redis::{SentinelAddr, SentinelConf, Upstream};
 use crate::redis_flow;
 use crate::session::Policy;
 use crate::shm::SharedZone;
 use crate::Module;
 
 pub(crate) use directives::COMMANDS;
-use directives::{NameSetting, RedisSetting, SecretFileSetting, SecretSetting};
+use directives::{NameSetting, RedisSetting, SecretFileSetting, SecretSetting, SentinelSetting};
 use error::{ConfError, Located};
 use zone::ZoneSpec;
 
@@ -84,6 +84,10 @@ pub(crate) struct MainConf {
     redis: Option<Setting<RedisSetting>>,
     redis_timeout: Option<Setting<ngx_msec_t>>,
     redis_keepalive: Option<Setting<usize>>,
+    /// `sessions_redis_sentinel` and the credentials for the sentinels.
+    sentinel: Option<Setting<SentinelSetting>>,
+    sentinel_username: Option<Setting<String>>,
+    sentinel_password: Option<Setting<String>>,
     /// The resolved Redis store, when `sessions_redis` is set.
     pub(crate) redis_upstream: Option<Upstream>,
     state_interval: Option<Setting<ngx_msec_t>>,
@@ -195,22 +199,77 @@ impl MainConf {
     /// store.
     fn init(&mut self, cf: &mut ngx_conf_t) -> Result<(), Located> {
         zone::declare(cf, self)?;
-        if let Some(Setting { value: RedisSetting::Url(target), .. }) = &self.redis {
-            let url = &target.url;
-            self.redis_upstream = Some(Upstream {
-                sockaddr: target.sockaddr,
-                socklen: target.socklen,
-                name: target.name,
-                setup: redis_flow::setup_commands(
-                    url.user.as_deref(),
-                    url.password.as_deref(),
-                    url.db,
-                ),
-                timeout: value_or(&self.redis_timeout, DEFAULT_REDIS_TIMEOUT),
-                keepalive: value_or(&self.redis_keepalive, DEFAULT_REDIS_KEEPALIVE),
-            });
-        }
+        let sentinel = self.sentinel_conf()?;
+        let Some(Setting { value: RedisSetting::Url(url), origin }) = &self.redis else {
+            if let Some(s) = &self.sentinel {
+                return Err(ConfError::msg(
+                    "\"sessions_redis_sentinel\" needs \"sessions_redis\" (its scheme, credentials and database apply to the master)",
+                )
+                .at(s.origin));
+            }
+            return Ok(());
+        };
+        let (sockaddr, socklen, name) = match &sentinel {
+            // Sentinel gives the master's address: the URL's host and port are unused.
+            Some(conf) => {
+                let text = format!("master \"{}\" (Sentinel)", conf.master);
+                // SAFETY: the configuration pool is live; the copy lives as long as the cycle.
+                let name = unsafe { ngx_str_t::from_bytes(cf.pool, text.as_bytes()) }
+                    .ok_or(ConfError::NoMemory)?;
+                (ptr::null_mut(), 0, name)
+            }
+            None => {
+                let addr = directives::resolve(cf, &url.host, url.port, "sessions_redis")
+                    .map_err(|e| e.at(*origin))?;
+                (addr.sockaddr, addr.socklen, addr.name)
+            }
+        };
+        self.redis_upstream = Some(Upstream {
+            sockaddr,
+            socklen,
+            name,
+            setup: redis_flow::setup_commands(url.user.as_deref(), url.password.as_deref(), url.db),
+            timeout: value_or(&self.redis_timeout, DEFAULT_REDIS_TIMEOUT),
+            keepalive: value_or(&self.redis_keepalive, DEFAULT_REDIS_KEEPALIVE),
+            sentinel,
+        });
         Ok(())
+    }
+
+    /// `sessions_redis_sentinel` with its credentials, checked.
+    fn sentinel_conf(&self) -> Result<Option<SentinelConf>, Located> {
+        let (user, password) = (&self.sentinel_username, &self.sentinel_password);
+        let Some(Setting { value, .. }) = &self.sentinel else {
+            if let Some(orphan) =
+                user.as_ref().map(|s| s.origin).or(password.as_ref().map(|s| s.origin))
+            {
+                return Err(ConfError::msg(
+                    "\"sessions_redis_sentinel_username\" and \"sessions_redis_sentinel_password\" need \"sessions_redis_sentinel\"",
+                )
+                .at(orphan));
+            }
+            return Ok(None);
+        };
+        if let (Some(u), None) = (user, password) {
+            return Err(ConfError::msg(
+                "\"sessions_redis_sentinel_username\" needs \"sessions_redis_sentinel_password\"",
+            )
+            .at(u.origin));
+        }
+        let sentinels = value
+            .sentinels
+            .iter()
+            .map(|a| SentinelAddr { sockaddr: a.sockaddr, socklen: a.socklen, name: a.name })
+            .collect();
+        Ok(Some(SentinelConf {
+            master: value.master.clone(),
+            sentinels,
+            lookup_commands: crate::sentinel::lookup_commands(
+                user.as_ref().map(|u| u.value.as_str()),
+                password.as_ref().map(|p| p.value.as_str()),
+                &value.master,
+            ),
+        }))
     }
 }
 

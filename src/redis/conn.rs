@@ -15,9 +15,10 @@ use ngx::ffi::{
     ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_ERR as NGX_ERROR_ERR,
     ngx_connection_t, ngx_del_timer, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
     ngx_exiting, ngx_handle_read_event, ngx_handle_write_event, ngx_msec_int_t, ngx_msec_t,
-    ngx_peer_connection_t, NGX_AGAIN, NGX_OK,
+    ngx_peer_connection_t, sockaddr, NGX_AGAIN, NGX_OK,
 };
 
+use super::sentinel::{self, Address};
 use super::worker::{self, cycle_log};
 use super::{Failure, Upstream, Waiter};
 use crate::redis_flow::{parse_reply, Parsed, Reply};
@@ -69,6 +70,15 @@ pub(super) struct Conn {
 pub(super) unsafe fn is_dead(conn: *mut Conn) -> bool {
     // SAFETY: the caller's contract.
     unsafe { (*conn).pc.connection.is_null() }
+}
+
+/// The address the connection goes to.
+///
+/// # Safety
+/// `conn` is live.
+pub(super) unsafe fn sockaddr(conn: *mut Conn) -> *const sockaddr {
+    // SAFETY: the caller's contract.
+    unsafe { (*conn).pc.sockaddr }
 }
 
 /// Frees a connection whose socket is already closed.
@@ -146,11 +156,11 @@ unsafe fn load_next(conn: *mut Conn) {
     }
 }
 
-/// Opens a new connection (the TCP handshake may still be in progress).
+/// Opens a new connection to `to` (the TCP handshake may still be in progress).
 ///
 /// # Safety
-/// `upstream` lives as long as the cycle.
-pub(super) unsafe fn connect(upstream: &Upstream) -> Result<*mut Conn, Failure> {
+/// `upstream` lives as long as the cycle, `to` as long as the connection.
+pub(super) unsafe fn connect(upstream: &Upstream, to: Address) -> Result<*mut Conn, Failure> {
     debug!("sessions redis: connecting to {}", upstream.name());
     let conn = Box::into_raw(Box::new(Conn {
         // SAFETY: `ngx_peer_connection_t` is a C struct for which all-zero is "unset".
@@ -170,9 +180,9 @@ pub(super) unsafe fn connect(upstream: &Upstream) -> Result<*mut Conn, Failure> 
     // SAFETY: `conn` was just allocated; the address and name live in the configuration.
     unsafe {
         let pc = &mut (*conn).pc;
-        pc.sockaddr = upstream.sockaddr;
-        pc.socklen = upstream.socklen;
-        pc.name = ptr::addr_of!(upstream.name).cast_mut();
+        pc.sockaddr = to.sockaddr;
+        pc.socklen = to.socklen;
+        pc.name = to.name;
         pc.get = Some(ngx_event_get_peer);
         pc.log = cycle_log();
         pc.set_log_error(NGX_ERROR_ERR);
@@ -344,7 +354,10 @@ unsafe fn on_reply(conn: *mut Conn, reply: Reply) {
                 // Errors that say Redis cannot serve anyone (auth, read-only replica,
                 // out of memory, loading) open the breaker like a dead connection.
                 match &reply {
-                    Reply::Error(e) if is_server_failure(e) => worker::mark_down(up, e),
+                    Reply::Error(e) if is_server_failure(e) => {
+                        worker::mark_down(up, e);
+                        sentinel::error_reply(up, (*conn).pc.sockaddr, e);
+                    }
                     _ => worker::mark_up(up),
                 }
                 let waiter = core::mem::replace(&mut (*conn).waiter, ptr::null_mut());
@@ -371,19 +384,24 @@ unsafe fn fail(conn: *mut Conn, f: Failure) {
         let (reused, deadline) = ((*conn).reused, (*conn).deadline);
         let command = core::mem::take(&mut (*conn).command);
         let upstream = &*(*conn).upstream;
+        let pc = &(*conn).pc;
+        let to = Address { sockaddr: pc.sockaddr, socklen: pc.socklen, name: pc.name };
         close(conn);
         if waiter.is_null() {
             return;
         }
         // The retry is the same command: same deadline, and only while time is left.
         if reused && matches!(f, Failure::Closed | Failure::Protocol) && time_left(deadline) > 0 {
-            if let Ok(fresh) = connect(upstream) {
+            if let Ok(fresh) = connect(upstream, to) {
                 start(fresh, command, waiter, false, deadline);
                 return;
             }
         }
         if f != Failure::Protocol {
             worker::mark_down(upstream, f.as_str());
+        }
+        if matches!(f, Failure::Connect | Failure::Closed | Failure::Timeout) {
+            sentinel::connection_failed(upstream, to.sockaddr);
         }
         crate::metrics::with_worker(|w| w.redis_error());
         Waiter::complete(waiter, Err(f));

@@ -6,12 +6,14 @@
 //! - this file: what callers use: [`Upstream`] (resolved at configuration time),
 //!   [`execute`], [`Waiter`] and [`Failure`];
 //! - `conn.rs`: one connection's state machine (setup commands, write, read, retry);
-//! - `worker.rs`: the per-worker state: the idle pool and the breaker.
+//! - `worker.rs`: the per-worker state: the idle pool and the breaker;
+//! - `sentinel.rs`: with `sessions_redis_sentinel`, where the master is.
 //!
 //! Callers hand over a command with a `Waiter`; the reply (or the failure) comes back
 //! through the waiter's `done`, always from an event handler, never from `execute` itself.
 
 mod conn;
+mod sentinel;
 mod worker;
 
 use core::ffi::c_void;
@@ -22,11 +24,13 @@ use ngx::ffi::{ngx_msec_int_t, ngx_msec_t, ngx_str_t, sockaddr, socklen_t};
 use crate::redis_flow::Reply;
 use conn::Conn;
 
+pub(crate) use sentinel::{init_worker, SentinelAddr, SentinelConf};
 pub(crate) use worker::close_idle;
 
 /// Where and how to reach Redis, resolved at configuration time.
 #[derive(Clone)]
 pub(crate) struct Upstream {
+    /// The URL's address; unused (null) with Sentinel.
     pub(crate) sockaddr: *mut sockaddr,
     pub(crate) socklen: socklen_t,
     pub(crate) name: ngx_str_t,
@@ -35,6 +39,8 @@ pub(crate) struct Upstream {
     /// The most one command may take as a whole: connect, write, the complete reply.
     pub(crate) timeout: ngx_msec_t,
     pub(crate) keepalive: usize,
+    /// `sessions_redis_sentinel`: the master is found through these sentinels.
+    pub(crate) sentinel: Option<SentinelConf>,
 }
 
 impl Upstream {
@@ -161,6 +167,7 @@ pub(crate) unsafe fn execute(
         crate::metrics::with_worker(|w| w.redis_error());
         return Err(Failure::Timeout);
     };
+    let target = sentinel::target(upstream)?;
     // SAFETY: the caller's contract on `upstream` and `waiter`; pooled connections are
     // live and owned by the pool until popped.
     unsafe {
@@ -169,10 +176,15 @@ pub(crate) unsafe fn execute(
                 conn::free(conn);
                 continue;
             }
+            if !sentinel::is_current(upstream, conn::sockaddr(conn)) {
+                // To a master that is no longer the master.
+                conn::close(conn);
+                continue;
+            }
             conn::start(conn, command, waiter, true, deadline);
             return Ok(());
         }
-        let conn = conn::connect(upstream).inspect_err(|&f| {
+        let conn = conn::connect(upstream, target).inspect_err(|&f| {
             worker::mark_down(upstream, f.as_str());
             crate::metrics::with_worker(|w| w.redis_error());
         })?;

@@ -1,0 +1,631 @@
+//! Redis Sentinel on the event loop: each worker finds the master itself and keeps using
+//! it until a connection to it fails or it answers `READONLY`, `LOADING` or `MASTERDOWN`;
+//! then it looks the master up again. At most one lookup is in flight per worker.
+//!
+//! A lookup (the steps are [`sessions_core::sentinel::Lookup`]) asks the sentinels in turn,
+//! the one that answered last first, each exchange within `sessions_redis_timeout`:
+//! `SENTINEL get-master-addr-by-name` to a sentinel, then the data connection's `AUTH` /
+//! `SELECT` and `ROLE` to the address it gave. Each exchange is a short-lived connection of
+//! its own ([`Probe`]); the data connections stay in `conn.rs`.
+//!
+//! While no master is known (the first lookup of a worker, which starts when the worker
+//! does) commands fail at once as [`Failure::Down`], so requests answer `error` rather
+//! than wait. Once the master is known, requests go to it even while a new lookup runs;
+//! when the master fails they fail fast through the breaker. A lookup that finds no
+//! master is retried every [`RETRY_INTERVAL`] until one is found, with or without traffic,
+//! so sessions go on shortly after the sentinels promote a replica.
+//!
+//! Host names that sentinels give are not resolved yet (IP addresses only).
+
+use core::cell::UnsafeCell;
+use core::ptr;
+
+use ngx::ffi::{
+    ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_INFO as NGX_ERROR_INFO,
+    ngx_connection_t, ngx_del_timer, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
+    ngx_exiting, ngx_handle_read_event, ngx_handle_write_event, ngx_inet_set_port, ngx_msec_t,
+    ngx_peer_connection_t, ngx_sockaddr_t, ngx_str_t, sockaddr, sockaddr_in, sockaddr_in6,
+    socklen_t, AF_INET, AF_INET6, NGX_AGAIN, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_OK,
+};
+use ngx::ngx_log_error;
+use sessions_core::sentinel::{self as core_sentinel, Action, Answer, Expect, Lookup, Order};
+
+use super::worker::{self, cycle_log};
+use super::{Failure, Upstream};
+
+/// How long a worker waits before it asks the sentinels again after a lookup found no
+/// master (during a failover: until the sentinels have promoted a replica).
+const RETRY_INTERVAL: ngx_msec_t = 250;
+/// Bytes read per `recv` call.
+const READ_CHUNK: usize = 1024;
+/// Replies larger than this are not what we asked for.
+const MAX_REPLY: usize = 16 * 1024;
+
+macro_rules! debug {
+    ($($arg:tt)+) => {
+        ngx::ngx_log_debug!(mask: ngx::log::DebugMask::Http, cycle_log(), $($arg)+);
+    };
+}
+
+/// A socket address and its name for the log, as `ngx_event_connect_peer` wants them.
+#[derive(Clone, Copy)]
+pub(crate) struct Address {
+    pub(crate) sockaddr: *mut sockaddr,
+    pub(crate) socklen: socklen_t,
+    pub(crate) name: *mut ngx_str_t,
+}
+
+/// A sentinel, resolved at configuration time (its address lives in the cycle's pool).
+#[derive(Clone)]
+pub(crate) struct SentinelAddr {
+    pub(crate) sockaddr: *mut sockaddr,
+    pub(crate) socklen: socklen_t,
+    pub(crate) name: ngx_str_t,
+}
+
+/// `sessions_redis_sentinel` and its credentials, resolved.
+#[derive(Clone)]
+pub(crate) struct SentinelConf {
+    /// The master's name, for the log.
+    pub(crate) master: String,
+    pub(crate) sentinels: Vec<SentinelAddr>,
+    /// `AUTH` (with the sentinel credentials) and `SENTINEL get-master-addr-by-name`.
+    pub(crate) lookup_commands: Vec<Vec<u8>>,
+}
+
+/// A master address a sentinel gave. Kept (boxed, so it never moves) for the worker's
+/// life: connections point at it, and a cluster has a handful of them.
+struct Peer {
+    addr: ngx_sockaddr_t,
+    socklen: socklen_t,
+    text: Vec<u8>,
+    name: ngx_str_t,
+}
+
+struct Discovery {
+    /// Every master address seen; `master` indexes it.
+    peers: Vec<Box<Peer>>,
+    master: Option<usize>,
+    order: Option<Order>,
+    /// The lookup in flight, if any, and the address it is confirming.
+    lookup: Option<Lookup>,
+    candidate: Option<usize>,
+    /// The exchange in flight (owned here; null when none).
+    probe: *mut Probe,
+    /// The last lookup failed (logged once until one succeeds).
+    failing: bool,
+    /// Fires [`RETRY_INTERVAL`] after a failed lookup.
+    retry: ngx_event_t,
+    upstream: *const Upstream,
+}
+
+struct DiscoveryCell(UnsafeCell<Option<Discovery>>);
+
+// SAFETY: a worker process runs its event loop on one thread; only that thread touches it.
+unsafe impl Sync for DiscoveryCell {}
+
+static DISCOVERY: DiscoveryCell = DiscoveryCell(UnsafeCell::new(None));
+
+/// Runs `f` with the worker's discovery state (made on first use). As in `worker.rs`, the
+/// closures passed here only touch fields and never call back, so the borrow is unique.
+fn with_state<R>(f: impl FnOnce(&mut Discovery) -> R) -> R {
+    // SAFETY: single-threaded worker, and no `with_state` call nests in another.
+    let state = unsafe { &mut *DISCOVERY.0.get() };
+    let state = state.get_or_insert_with(|| Discovery {
+        peers: Vec::new(),
+        master: None,
+        order: None,
+        lookup: None,
+        candidate: None,
+        probe: ptr::null_mut(),
+        failing: false,
+        // SAFETY: all-zero is an unset NGINX event.
+        retry: unsafe { core::mem::zeroed() },
+        upstream: ptr::null(),
+    });
+    f(state)
+}
+
+/// Where the next data connection goes: the URL's address, or the master Sentinel gave.
+/// `Err(Down)` while no master is known yet (a lookup is then under way).
+pub(super) fn target(up: &Upstream) -> Result<Address, Failure> {
+    if up.sentinel.is_none() {
+        return Ok(Address {
+            sockaddr: up.sockaddr,
+            socklen: up.socklen,
+            name: ptr::addr_of!(up.name).cast_mut(),
+        });
+    }
+    let master = with_state(|s| s.master.and_then(|i| s.peers.get_mut(i)).map(|p| peer_address(p)));
+    match master {
+        Some(addr) => Ok(addr),
+        None => {
+            start_lookup(up);
+            Err(Failure::Down)
+        }
+    }
+}
+
+fn peer_address(p: &mut Peer) -> Address {
+    Address {
+        sockaddr: ptr::addr_of_mut!(p.addr.sockaddr),
+        socklen: p.socklen,
+        name: ptr::addr_of_mut!(p.name),
+    }
+}
+
+/// Whether `sockaddr` (a data connection's) is the current master's.
+fn is_master(sockaddr: *const sockaddr) -> bool {
+    with_state(|s| {
+        s.master
+            .and_then(|i| s.peers.get(i))
+            .is_some_and(|p| ptr::eq(ptr::addr_of!(p.addr.sockaddr), sockaddr))
+    })
+}
+
+/// Whether a pooled connection to `sockaddr` may still be used.
+pub(super) fn is_current(up: &Upstream, sockaddr: *const sockaddr) -> bool {
+    up.sentinel.is_none() || is_master(sockaddr)
+}
+
+/// A data connection to `sockaddr` failed (connect, closed, timed out): if that is the
+/// master, it is looked up again.
+pub(super) fn connection_failed(up: &Upstream, sockaddr: *const sockaddr) {
+    if up.sentinel.is_some() && is_master(sockaddr) {
+        start_lookup(up);
+    }
+}
+
+/// The master answered `error`: `READONLY`, `LOADING` and `MASTERDOWN` mean it is no
+/// longer (or not yet) a master that serves writes: look it up again.
+pub(super) fn error_reply(up: &Upstream, sockaddr: *const sockaddr, error: &str) {
+    if up.sentinel.is_some() && core_sentinel::means_rediscover(error) && is_master(sockaddr) {
+        start_lookup(up);
+    }
+}
+
+/// The worker's first lookup, as it starts (so the first requests find the master known).
+pub(crate) fn init_worker(up: &Upstream) {
+    if up.sentinel.is_some() {
+        start_lookup(up);
+    }
+}
+
+/// Starts a lookup unless one is in flight or scheduled.
+fn start_lookup(up: &Upstream) {
+    let Some(conf) = up.sentinel.as_ref() else { return };
+    // SAFETY: NGINX sets it on the worker's own thread.
+    if unsafe { ngx_exiting } != 0 {
+        return;
+    }
+    let action = with_state(|s| {
+        if s.lookup.is_some() || s.retry.timer_set() != 0 {
+            return None;
+        }
+        s.upstream = up;
+        let order = s.order.get_or_insert_with(|| Order::new(conf.sentinels.len()));
+        let (lookup, action) = Lookup::start(order);
+        s.lookup = Some(lookup);
+        Some(action)
+    });
+    if let Some(action) = action {
+        debug!("sessions sentinel: looking up the master of \"{}\"", conf.master);
+        run(up, action);
+    }
+}
+
+/// Carries out `action`, and the ones after it that need no waiting.
+fn run(up: &Upstream, mut action: Action) {
+    let Some(conf) = up.sentinel.as_ref() else { return };
+    loop {
+        action = match action {
+            Action::Ask(n) => {
+                let Some(s) = conf.sentinels.get(n) else {
+                    action = advance(|l| l.sentinel_answered(None));
+                    continue;
+                };
+                let addr = Address {
+                    sockaddr: s.sockaddr,
+                    socklen: s.socklen,
+                    name: ptr::addr_of!(s.name).cast_mut(),
+                };
+                match Probe::start(up, addr, conf.lookup_commands.clone(), Expect::MasterAddr) {
+                    Ok(()) => return,
+                    Err(why) => {
+                        debug!("sessions sentinel: cannot ask sentinel {}: {}", n, why);
+                        advance(|l| l.sentinel_answered(None))
+                    }
+                }
+            }
+            Action::Confirm { host, port, from } => {
+                let Some(peer) = intern(&host, port) else {
+                    log_unusable(conf, &host, from);
+                    action = advance(|l| l.confirmed(false));
+                    continue;
+                };
+                let addr = with_state(|s| {
+                    s.candidate = Some(peer);
+                    s.peers.get_mut(peer).map(|p| peer_address(p))
+                });
+                let commands = core_sentinel::confirm_commands(&up.setup);
+                match addr.map(|a| Probe::start(up, a, commands, Expect::Master)) {
+                    Some(Ok(())) => return,
+                    _ => advance(|l| l.confirmed(false)),
+                }
+            }
+            Action::Found { from, .. } => {
+                found(up, conf, from);
+                return;
+            }
+            Action::Failed => {
+                failed(conf);
+                return;
+            }
+        };
+    }
+}
+
+/// Feeds the lookup in flight.
+fn advance(f: impl FnOnce(&mut Lookup) -> Action) -> Action {
+    with_state(|s| s.lookup.as_mut().map_or(Action::Failed, f))
+}
+
+fn log_unusable(conf: &SentinelConf, host: &str, from: usize) {
+    ngx_log_error!(
+        NGX_LOG_ERR,
+        cycle_log(),
+        "sessions: sentinel {} gave \"{}\" as the master of \"{}\": not an IP address (host names from sentinels are not resolved; set \"sentinel resolve-hostnames no\")",
+        sentinel_name(conf, from),
+        host.escape_debug(),
+        conf.master
+    );
+}
+
+fn sentinel_name(conf: &SentinelConf, n: usize) -> String {
+    conf.sentinels
+        .get(n)
+        .map_or_else(String::new, |s| String::from_utf8_lossy(s.name.as_bytes()).into_owned())
+}
+
+/// The lookup confirmed a master: use it; a new one closes the pool (its connections go
+/// to the old master) and the breaker (the new master answered).
+fn found(up: &Upstream, conf: &SentinelConf, from: usize) {
+    let (changed, was, now) = with_state(|s| {
+        s.lookup = None;
+        s.failing = false;
+        if let Some(order) = s.order.as_mut() {
+            order.promote(from);
+        }
+        let new = s.candidate.take();
+        let old = core::mem::replace(&mut s.master, new);
+        let text = |i: Option<usize>| {
+            i.and_then(|i| s.peers.get(i)).map(|p| String::from_utf8_lossy(&p.text).into_owned())
+        };
+        (old != new, text(old), text(new))
+    });
+    if changed {
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            cycle_log(),
+            "sessions: sentinel {} says the Redis master \"{}\" is at {}{}",
+            sentinel_name(conf, from),
+            conf.master,
+            now.as_deref().unwrap_or("?"),
+            was.map(|w| format!(" (was {w})")).unwrap_or_default()
+        );
+        worker::close_idle();
+    }
+    worker::mark_up(up);
+}
+
+/// No sentinel gave a master that answered as one: try again shortly.
+fn failed(conf: &SentinelConf) {
+    let first = with_state(|s| {
+        s.lookup = None;
+        s.candidate = None;
+        !core::mem::replace(&mut s.failing, true)
+    });
+    if first {
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            cycle_log(),
+            "sessions: no sentinel gave a reachable master for \"{}\"; asking again every {}ms",
+            conf.master,
+            RETRY_INTERVAL
+        );
+    }
+    // SAFETY: the retry event lives in the static state; it is set up once and only
+    // touched on this thread.
+    unsafe {
+        let ev = with_state(|s| ptr::addr_of_mut!(s.retry));
+        if (*ev).handler.is_none() {
+            (*ev).handler = Some(on_retry);
+            (*ev).log = cycle_log();
+            (*ev).data = ev.cast();
+            // A graceful shutdown does not wait for it.
+            (*ev).set_cancelable(1);
+        }
+        if ngx_exiting == 0 {
+            ngx::ffi::ngx_add_timer(ev, RETRY_INTERVAL);
+        }
+    }
+}
+
+unsafe extern "C" fn on_retry(_ev: *mut ngx_event_t) {
+    let up = with_state(|s| s.upstream);
+    // SAFETY: `upstream` was set by `start_lookup` from the cycle's configuration, which
+    // outlives the worker's timers.
+    if let Some(up) = unsafe { up.as_ref() } {
+        start_lookup(up);
+    }
+}
+
+/// The index of the peer for `host:port`, added if new; `None` when `host` is not an IP.
+fn intern(host: &str, port: u16) -> Option<usize> {
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    let text = match ip {
+        std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
+        std::net::IpAddr::V6(_) => format!("[{ip}]:{port}"),
+    };
+    with_state(|s| {
+        if let Some(i) = s.peers.iter().position(|p| p.text == text.as_bytes()) {
+            return Some(i);
+        }
+        // SAFETY: all-zero is a valid (unspecified) socket address, filled in below.
+        let mut addr: ngx_sockaddr_t = unsafe { core::mem::zeroed() };
+        let socklen = match ip {
+            std::net::IpAddr::V4(v4) => {
+                addr.sockaddr_in = sockaddr_in {
+                    sin_family: AF_INET as _,
+                    sin_port: 0,
+                    sin_addr: ngx::ffi::in_addr { s_addr: u32::from_ne_bytes(v4.octets()) },
+                    sin_zero: [0; 8],
+                };
+                core::mem::size_of::<sockaddr_in>()
+            }
+            std::net::IpAddr::V6(v6) => {
+                addr.sockaddr_in6.sin6_family = AF_INET6 as _;
+                addr.sockaddr_in6.sin6_addr.__in6_u.__u6_addr8 = v6.octets();
+                core::mem::size_of::<sockaddr_in6>()
+            }
+        };
+        // SAFETY: `addr` holds an IPv4 or IPv6 address of the family just set.
+        unsafe { ngx_inet_set_port(ptr::addr_of_mut!(addr.sockaddr), port) };
+        let mut peer = Box::new(Peer {
+            addr,
+            socklen: socklen as socklen_t,
+            text: text.into_bytes(),
+            name: ngx_str_t { len: 0, data: ptr::null_mut() },
+        });
+        peer.name = ngx_str_t { len: peer.text.len(), data: peer.text.as_mut_ptr() };
+        s.peers.push(peer);
+        Some(s.peers.len() - 1)
+    })
+}
+
+/// A probe's result reaches the lookup.
+fn probe_done(up: &Upstream, expect: Expect, answer: Answer) {
+    let action = match (expect, answer) {
+        (Expect::MasterAddr, Answer::MasterAt(host, port)) => {
+            debug!("sessions sentinel: a sentinel says {}:{}", host, port);
+            advance(|l| l.sentinel_answered(Some((host, port))))
+        }
+        (Expect::MasterAddr, other) => {
+            debug!("sessions sentinel: a sentinel failed: {:?}", other);
+            advance(|l| l.sentinel_answered(None))
+        }
+        (Expect::Master, Answer::IsMaster) => advance(|l| l.confirmed(true)),
+        (Expect::Master, other) => {
+            debug!("sessions sentinel: the candidate is not the master: {:?}", other);
+            advance(|l| l.confirmed(false))
+        }
+    };
+    run(up, action);
+}
+
+/// One exchange on a connection of its own: the commands one after the other, each reply
+/// read whole before the next command goes; one timer (the timeout) for all of it.
+struct Probe {
+    pc: ngx_peer_connection_t,
+    upstream: *const Upstream,
+    commands: Vec<Vec<u8>>,
+    expect: Expect,
+    index: usize,
+    sent: usize,
+    input: Vec<u8>,
+}
+
+impl Probe {
+    /// Connects and sends the first command; the answer comes to [`probe_done`] later,
+    /// never from here. `Err` when the connection could not even be started.
+    fn start(
+        up: &Upstream,
+        addr: Address,
+        commands: Vec<Vec<u8>>,
+        expect: Expect,
+    ) -> Result<(), &'static str> {
+        let probe = Box::into_raw(Box::new(Probe {
+            // SAFETY: all-zero is an unset peer connection.
+            pc: unsafe { core::mem::zeroed() },
+            upstream: up,
+            commands,
+            expect,
+            index: 0,
+            sent: 0,
+            input: Vec::new(),
+        }));
+        // SAFETY: `probe` was just allocated; the address lives in the configuration or
+        // the peer list, both longer than the connection.
+        unsafe {
+            let pc = &mut (*probe).pc;
+            pc.sockaddr = addr.sockaddr;
+            pc.socklen = addr.socklen;
+            pc.name = addr.name;
+            pc.get = Some(ngx_event_get_peer);
+            pc.log = cycle_log();
+            // A dead sentinel is expected now and then: its errors are not ours to shout.
+            pc.set_log_error(NGX_ERROR_INFO);
+            let rc = ngx_event_connect_peer(pc);
+            if rc != NGX_OK as isize && rc != NGX_AGAIN as isize {
+                if !pc.connection.is_null() {
+                    ngx_close_connection(pc.connection);
+                }
+                drop(Box::from_raw(probe));
+                return Err("connect failed");
+            }
+            let c = pc.connection;
+            (*c).data = probe.cast();
+            (*(*c).read).handler = Some(probe_on_read);
+            (*(*c).write).handler = Some(probe_on_write);
+            ngx::ffi::ngx_add_timer((*c).read, up.timeout);
+            if rc == NGX_OK as isize {
+                // Connected at once: write from a posted event, not from here.
+                (*(*c).write).set_ready(1);
+                ngx::ffi::ngx_post_event(
+                    (*c).write,
+                    ptr::addr_of_mut!(ngx::ffi::ngx_posted_events),
+                );
+            }
+        }
+        with_state(|s| s.probe = probe);
+        Ok(())
+    }
+}
+
+/// # Safety
+/// `ev` is an event of a probe's connection.
+unsafe fn probe_of(ev: *mut ngx_event_t) -> *mut Probe {
+    // SAFETY: the caller's contract: the connection's `data` is the probe.
+    unsafe { (*(*ev).data.cast::<ngx_connection_t>()).data.cast::<Probe>() }
+}
+
+unsafe extern "C" fn probe_on_write(wev: *mut ngx_event_t) {
+    // SAFETY: NGINX calls this with the write event of a probe's connection.
+    unsafe { probe_flush(probe_of(wev)) };
+}
+
+unsafe extern "C" fn probe_on_read(rev: *mut ngx_event_t) {
+    // SAFETY: NGINX calls this with the read event of a probe's connection.
+    unsafe {
+        let probe = probe_of(rev);
+        if (*rev).timedout() != 0 {
+            probe_finish(probe, Answer::Failed("timed out".into()));
+            return;
+        }
+        probe_read(probe);
+    }
+}
+
+/// Writes the rest of the current command, then waits for its reply.
+///
+/// # Safety
+/// `probe` is live.
+unsafe fn probe_flush(probe: *mut Probe) {
+    // SAFETY: the caller's contract; the connection is the probe's own.
+    unsafe {
+        let c = (*probe).pc.connection;
+        let Some(send) = (*c).send else {
+            probe_finish(probe, Answer::Failed("no send".into()));
+            return;
+        };
+        let index = (*probe).index;
+        loop {
+            let Some(out) = (&(*probe).commands).get(index) else { break };
+            let rest = &out[(*probe).sent.min(out.len())..];
+            if rest.is_empty() {
+                break;
+            }
+            let n = send(c, rest.as_ptr().cast_mut(), rest.len());
+            if n > 0 {
+                (*probe).sent += n as usize;
+            } else if n == NGX_AGAIN as isize {
+                if ngx_handle_write_event((*c).write, 0) != NGX_OK as isize {
+                    probe_finish(probe, Answer::Failed("write event".into()));
+                }
+                return;
+            } else {
+                probe_finish(probe, Answer::Failed("connection failed".into()));
+                return;
+            }
+        }
+        if ngx_handle_read_event((*c).read, 0) != NGX_OK as isize {
+            probe_finish(probe, Answer::Failed("read event".into()));
+            return;
+        }
+        if (*(*c).read).ready() != 0 {
+            probe_read(probe);
+        }
+    }
+}
+
+/// Reads what has come, and acts on a whole reply.
+///
+/// # Safety
+/// `probe` is live.
+unsafe fn probe_read(probe: *mut Probe) {
+    // SAFETY: the caller's contract; the connection is the probe's own.
+    unsafe {
+        let c = (*probe).pc.connection;
+        let Some(recv) = (*c).recv else {
+            probe_finish(probe, Answer::Failed("no recv".into()));
+            return;
+        };
+        loop {
+            let mut chunk = [0u8; READ_CHUNK];
+            let n = recv(c, chunk.as_mut_ptr(), chunk.len());
+            if n > 0 {
+                (*probe).input.extend_from_slice(&chunk[..n as usize]);
+                if (*probe).input.len() > MAX_REPLY {
+                    probe_finish(probe, Answer::Failed("reply too long".into()));
+                    return;
+                }
+                continue;
+            }
+            if n == NGX_AGAIN as isize {
+                break;
+            }
+            probe_finish(probe, Answer::Failed("connection failed".into()));
+            return;
+        }
+        let count = (*probe).commands.len();
+        match core_sentinel::read_answer(&(*probe).input, (*probe).index, count, (*probe).expect) {
+            Answer::Incomplete => {
+                if ngx_handle_read_event((*c).read, 0) != NGX_OK as isize {
+                    probe_finish(probe, Answer::Failed("read event".into()));
+                }
+            }
+            Answer::Accepted => {
+                (*probe).index += 1;
+                (*probe).sent = 0;
+                (*probe).input.clear();
+                probe_flush(probe);
+            }
+            answer => probe_finish(probe, answer),
+        }
+    }
+}
+
+/// Closes and frees the probe, then hands its answer on.
+///
+/// # Safety
+/// `probe` is live; it is gone after.
+unsafe fn probe_finish(probe: *mut Probe, answer: Answer) {
+    // SAFETY: the caller's contract; `upstream` lives as long as the cycle.
+    unsafe {
+        let (up, expect) = (&*(*probe).upstream, (*probe).expect);
+        let c = (*probe).pc.connection;
+        if !c.is_null() {
+            if (*(*c).read).timer_set() != 0 {
+                ngx_del_timer((*c).read);
+            }
+            ngx_close_connection(c);
+        }
+        with_state(|s| {
+            if ptr::eq(s.probe, probe) {
+                s.probe = ptr::null_mut();
+            }
+        });
+        drop(Box::from_raw(probe));
+        probe_done(up, expect, answer);
+    }
+}
