@@ -58,9 +58,9 @@ impl Cluster {
         let cluster = Cluster { master, replica, sentinel_port, sentinel, _dir: dir };
         // The sentinel knows the replica (it can only promote one it knows).
         poll_until("the sentinel sees the replica", Duration::from_secs(15), || {
-            cluster.sentinel_cmd(&["SENTINEL", "replicas", MASTER]).is_ok_and(|r| {
-                flat(&r).contains(&format!("127.0.0.1:{}", cluster.replica.port))
-            })
+            cluster
+                .sentinel_cmd(&["SENTINEL", "replicas", MASTER])
+                .is_ok_and(|r| flat(&r).contains(&format!("127.0.0.1:{}", cluster.replica.port)))
         });
         cluster
     }
@@ -221,7 +221,60 @@ fn failover_logs_nobody_out_and_sessions_follow_the_new_master() {
     }
     assert_eq!(dbsize(&cluster.replica), before + 5, "new sessions are not on the new master");
     let log = ng.error_log();
-    assert!(log.contains(&format!("is at 127.0.0.1:{new_port} (was 127.0.0.1:{old_port})")), "{log}");
+    assert!(
+        log.contains(&format!("is at 127.0.0.1:{new_port} (was 127.0.0.1:{old_port})")),
+        "{log}"
+    );
+    ng.stop();
+}
+
+#[test]
+fn switchover_readonly_old_master_is_left_and_its_pooled_connections_dropped() {
+    let cluster = Cluster::start();
+    let mut ng = site_with(&format!("127.0.0.1:{}", cluster.sentinel_port));
+    until_ready(&ng, &cluster.master);
+    let cookies: Vec<String> = (0..6).map(|_| new_session(&ng)).collect();
+    // Pooled connections to the master exist in both workers.
+    for c in &cookies {
+        assert_eq!(Req::get("/index.html").sid(c).send(ng.port).st(), "valid");
+    }
+    assert_eq!(cluster.master.cmd(&["WAIT", "1", "5000"]).int(), 1);
+    // A graceful switchover: the old master stays up, as a read-only replica, so only its
+    // READONLY answers (not a broken connection) say that the master moved.
+    let r = cluster.sentinel_cmd(&["SENTINEL", "FAILOVER", MASTER]).unwrap();
+    assert!(!r.is_error(), "{r:?}");
+    let new_port = cluster.replica.port;
+    poll_until("the sentinel names the new master", Duration::from_secs(20), || {
+        cluster.master_port() == Some(new_port)
+    });
+    poll_until("the old master is a replica", Duration::from_secs(20), || {
+        cluster.master.cmd(&["ROLE"]).items()[0].text() == "slave"
+    });
+    // Reads still work on the old master, now a replica: a worker notices the move at
+    // its first write there (READONLY: that request answers `error`), then finds the new
+    // master. New sessions land there, never on the read-only old one; existing sessions
+    // are `valid` or `error` throughout.
+    let before = dbsize(&cluster.replica);
+    let (mut news, mut new_in_a_row, mut i) = (0, 0, 0);
+    poll_until("new sessions on the new master", Duration::from_secs(10), || {
+        let c = &cookies[i % cookies.len()];
+        i += 1;
+        let r = Req::get("/index.html").sid(c).send(ng.port);
+        assert!(r.st() == "valid" || r.st() == "error", "{r}");
+        let r = Req::get("/index.html").send(ng.port);
+        match r.st() {
+            "new" => (news, new_in_a_row) = (news + 1, new_in_a_row + 1),
+            "error" => new_in_a_row = 0,
+            _ => panic!("{r}"),
+        }
+        new_in_a_row >= 12
+    });
+    assert_eq!(dbsize(&cluster.replica), before + news, "a new session is not on the new master");
+    for c in &cookies {
+        assert_eq!(Req::get("/index.html").sid(c).send(ng.port).st(), "valid");
+    }
+    let log = ng.error_log();
+    assert!(log.contains(&format!("is at 127.0.0.1:{new_port}")), "{log}");
     ng.stop();
 }
 

@@ -83,7 +83,9 @@ struct Peer {
 }
 
 struct Discovery {
-    /// Every master address seen; `master` indexes it.
+    /// Every master address seen; `master` indexes it. Boxed: connections keep pointers
+    /// into a peer, which must not move when the list grows.
+    #[allow(clippy::vec_box)]
     peers: Vec<Box<Peer>>,
     master: Option<usize>,
     order: Option<Order>,
@@ -528,9 +530,9 @@ unsafe fn probe_flush(probe: *mut Probe) {
             probe_finish(probe, Answer::Failed("no send".into()));
             return;
         };
-        let index = (*probe).index;
-        loop {
-            let Some(out) = (&(*probe).commands).get(index) else { break };
+        // Only this field is borrowed; `sent` is updated beside it.
+        let commands = &(*probe).commands;
+        while let Some(out) = commands.get((*probe).index) {
             let rest = &out[(*probe).sent.min(out.len())..];
             if rest.is_empty() {
                 break;
