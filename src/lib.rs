@@ -165,9 +165,9 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     unsafe { state_file::init_process(cycle) }
 }
 
-/// A worker's idle Redis connections are closed as it exits, and its state file write
+/// A worker's Redis connections are closed as it exits, and its state file write
 /// finishes.
 unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    redis::close_idle();
+    redis::close_all();
     state_file::exit_process();
 }

@@ -6,7 +6,8 @@
 //! the one that answered last first, each exchange within `sessions_redis_timeout`:
 //! `SENTINEL get-master-addr-by-name` to a sentinel, then the data connection's `AUTH` /
 //! `SELECT` and `ROLE` to the address it gave. Each exchange is a short-lived connection of
-//! its own ([`Probe`]); the data connections stay in `conn.rs`.
+//! its own ([`Probe`]); the data connections stay in `conn.rs`, which closes those to an
+//! old master when the master moves ([`super::conn::close_others`]).
 //!
 //! While no master is known (the first lookup of a worker, which starts when the worker
 //! does) commands fail at once as [`Failure::Down`], so requests answer `error` rather
@@ -165,11 +166,6 @@ fn is_master(sockaddr: *const sockaddr) -> bool {
     })
 }
 
-/// Whether a pooled connection to `sockaddr` may still be used.
-pub(super) fn is_current(up: &Upstream, sockaddr: *const sockaddr) -> bool {
-    up.sentinel.is_none() || is_master(sockaddr)
-}
-
 /// A data connection to `sockaddr` failed (connect, closed, timed out): if that is the
 /// master, it is looked up again.
 pub(super) fn connection_failed(up: &Upstream, sockaddr: *const sockaddr) {
@@ -315,7 +311,13 @@ fn found(up: &Upstream, conf: &SentinelConf, from: usize) {
             now.as_deref().unwrap_or("?"),
             was.map(|w| format!(" (was {w})")).unwrap_or_default()
         );
-        worker::close_idle();
+        let to = with_state(|s| {
+            s.master.and_then(|i| s.peers.get_mut(i)).map(|p| peer_address(p).sockaddr)
+        });
+        if let Some(to) = to {
+            // SAFETY: from a probe's event handler, outside the connection code.
+            unsafe { super::conn::close_others(to) };
+        }
     }
     worker::mark_up(up);
 }
