@@ -297,6 +297,142 @@ fn a_dead_first_sentinel_costs_nothing_but_its_turn() {
     ng.stop();
 }
 
+/// A DNS server on loopback that answers every `A` question with 127.0.0.1 (and every
+/// other question with no answer); counts the questions.
+struct FakeDns {
+    port: u16,
+    questions: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl FakeDns {
+    fn start() -> FakeDns {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let questions = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (q, st) = (questions.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                if n < 12 {
+                    continue;
+                }
+                q.fetch_add(1, Ordering::Relaxed);
+                // The question: labels up to the root, then QTYPE and QCLASS.
+                let mut end = 12;
+                while end < n && buf[end] != 0 {
+                    end += 1 + buf[end] as usize;
+                }
+                let qend = (end + 5).min(n);
+                let is_a = end + 2 < n && buf[end + 1] == 0 && buf[end + 2] == 1;
+                let mut out = buf[..2].to_vec();
+                out.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(is_a), 0, 0, 0, 0]);
+                out.extend_from_slice(&buf[12..qend]);
+                if is_a {
+                    out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+                }
+                let _ = socket.send_to(&out, from);
+            }
+        });
+        FakeDns { port, questions, stop, thread: Some(thread) }
+    }
+
+    fn questions(&self) -> usize {
+        self.questions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FakeDns {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn host_names_from_sentinels_are_resolved_with_the_http_resolver() {
+    let master = Redis::start();
+    let dir = TempDir::new("sentinel-names");
+    let sentinel_port = free_port();
+    let conf = dir.path.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
+             sentinel resolve-hostnames yes\nsentinel announce-hostnames yes\n\
+             sentinel monitor {MASTER} localhost {} 1\n",
+            dir.path.display(),
+            master.port
+        ),
+    )
+    .unwrap();
+    let mut sentinel = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start redis-server --sentinel");
+    let cluster_sentinel = |args: &[&str]| -> Option<Resp> {
+        let mut s = connect(sentinel_port, None).ok()?;
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        s.write_all(&out).ok()?;
+        read_resp(&mut BufReader::new(s)).ok()
+    };
+    poll_until("the sentinel names the master by host name", Duration::from_secs(10), || {
+        cluster_sentinel(&["SENTINEL", "get-master-addr-by-name", MASTER])
+            .is_some_and(|r| flat(&r).starts_with("localhost "))
+    });
+    let http = |extra: &str| {
+        site(
+            &default_http(&format!(
+                "sessions_redis redis://127.0.0.1/0;\n    \
+                 sessions_redis_sentinel {MASTER} 127.0.0.1:{sentinel_port};\n    {extra}"
+            )),
+            "",
+        )
+    };
+
+    // Without a resolver: one log line per failed lookup series, requests answer error.
+    let mut ng = Nginx::start(&http(""));
+    poll_until("the log says why", Duration::from_secs(10), || {
+        ng.error_log().contains("gave the host name \"localhost\"")
+    });
+    assert_eq!(Req::get("/index.html").send(ng.port).st(), "error");
+    // Lookups are retried every 250 ms: let a few go by, the line is not repeated.
+    thread::sleep(Duration::from_millis(800));
+    let lines = ng.error_log().matches("no \"resolver\" is set at the http level").count();
+    assert!((1..=ng.workers).contains(&lines), "{lines} lines:\n{}", ng.error_log());
+    ng.stop();
+
+    // With one: the name is resolved and the master confirmed.
+    let dns = FakeDns::start();
+    let mut ng = Nginx::start(&http(&format!("resolver 127.0.0.1:{} ipv6=off;", dns.port)));
+    until_ready(&ng, &master);
+    let before = dbsize(&master);
+    let c = new_session(&ng);
+    assert_eq!(Req::get("/index.html").sid(&c).send(ng.port).st(), "valid");
+    assert_eq!(dbsize(&master), before + 1);
+    assert!(dns.questions() >= 1, "the resolver was not asked");
+    let log = ng.error_log();
+    assert!(log.contains(&format!("is at 127.0.0.1:{}", master.port)), "{log}");
+    ng.stop();
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+}
+
 #[test]
 fn sentinel_credentials_and_the_url_database_apply() {
     let master = Redis::start_with(&["--requirepass", "datapw"]);

@@ -23,7 +23,8 @@ use ngx::ffi::{
     NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF_OFFSET,
 };
 use ngx::http::{
-    HttpModuleMainConf, HttpModuleServerConf, Merge, MergeConfigError, NgxHttpCoreModule,
+    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, Merge, MergeConfigError,
+    NgxHttpCoreModule,
 };
 
 use crate::cookie::{self, CookieAttrs, SameSite, Secure, Signer};
@@ -202,7 +203,7 @@ impl MainConf {
     /// store.
     fn init(&mut self, cf: &mut ngx_conf_t) -> Result<(), Located> {
         zone::declare(cf, self)?;
-        let sentinel = self.sentinel_conf()?;
+        let sentinel = self.sentinel_conf(cf)?;
         let Some(Setting { value: RedisSetting::Url(url), origin }) = &self.redis else {
             if let Some(s) = &self.sentinel {
                 return Err(ConfError::msg(
@@ -243,8 +244,10 @@ impl MainConf {
         Ok(())
     }
 
-    /// `sessions_redis_sentinel` with its credentials, checked.
-    fn sentinel_conf(&self) -> Result<Option<SentinelConf>, Located> {
+    /// `sessions_redis_sentinel` with its credentials, checked, and the http-level
+    /// `resolver` (set by then if written at the http level; NGINX's default one, made
+    /// later when merging, has no name servers anyway).
+    fn sentinel_conf(&self, cf: &ngx_conf_t) -> Result<Option<SentinelConf>, Located> {
         let (user, password) = (&self.sentinel_username, &self.sentinel_password);
         let Some(Setting { value, .. }) = &self.sentinel else {
             if let Some(orphan) =
@@ -276,6 +279,7 @@ impl MainConf {
                 password.as_ref().map(|p| p.value.as_str()),
                 &value.master,
             ),
+            resolver: NgxHttpCoreModule::location_conf(cf).map_or(ptr::null_mut(), |c| c.resolver),
         }))
     }
 }

@@ -16,7 +16,9 @@
 //! master is retried every [`RETRY_INTERVAL`] until one is found, with or without traffic,
 //! so sessions go on shortly after the sentinels promote a replica.
 //!
-//! Host names that sentinels give are not resolved yet (IP addresses only).
+//! Host names that sentinels give (`announce-hostnames yes`) are resolved with the http
+//! level `resolver` (`ngx_resolve_start`), within `sessions_redis_timeout`; IP addresses
+//! need none.
 
 use core::cell::UnsafeCell;
 use core::ptr;
@@ -24,9 +26,10 @@ use core::ptr;
 use ngx::ffi::{
     ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_INFO as NGX_ERROR_INFO,
     ngx_connection_t, ngx_del_timer, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
-    ngx_exiting, ngx_handle_read_event, ngx_handle_write_event, ngx_inet_set_port, ngx_msec_t,
-    ngx_peer_connection_t, ngx_sockaddr_t, ngx_str_t, sockaddr, sockaddr_in, sockaddr_in6,
-    socklen_t, AF_INET, AF_INET6, NGX_AGAIN, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_OK,
+    ngx_exiting, ngx_handle_read_event, ngx_handle_write_event, ngx_inet_set_port, ngx_int_t,
+    ngx_msec_t, ngx_peer_connection_t, ngx_resolve_name, ngx_resolve_name_done, ngx_resolve_start,
+    ngx_resolver_ctx_t, ngx_resolver_t, ngx_sockaddr_t, ngx_str_t, sockaddr, sockaddr_in,
+    sockaddr_in6, socklen_t, AF_INET, AF_INET6, NGX_AGAIN, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_OK,
 };
 use ngx::ngx_log_error;
 use sessions_core::sentinel::{self as core_sentinel, Action, Answer, Expect, Lookup, Order};
@@ -72,6 +75,8 @@ pub(crate) struct SentinelConf {
     pub(crate) sentinels: Vec<SentinelAddr>,
     /// `AUTH` (with the sentinel credentials) and `SENTINEL get-master-addr-by-name`.
     pub(crate) lookup_commands: Vec<Vec<u8>>,
+    /// The http-level `resolver`, for host names sentinels give; null without one.
+    pub(crate) resolver: *mut ngx_resolver_t,
 }
 
 /// A master address a sentinel gave. Kept (boxed, so it never moves) for the worker's
@@ -95,6 +100,8 @@ struct Discovery {
     candidate: Option<usize>,
     /// The exchange in flight (owned here; null when none).
     probe: *mut Probe,
+    /// The host name being resolved (the resolver reads it until it is done) and the port.
+    resolving: Option<(Vec<u8>, u16)>,
     /// The last lookup failed (logged once until one succeeds).
     failing: bool,
     /// Fires [`RETRY_INTERVAL`] after a failed lookup.
@@ -121,6 +128,7 @@ fn with_state<R>(f: impl FnOnce(&mut Discovery) -> R) -> R {
         lookup: None,
         candidate: None,
         probe: ptr::null_mut(),
+        resolving: None,
         failing: false,
         // SAFETY: all-zero is an unset NGINX event.
         retry: unsafe { core::mem::zeroed() },
@@ -236,20 +244,14 @@ fn run(up: &Upstream, mut action: Action) {
                 }
             }
             Action::Confirm { host, port, from } => {
-                let Some(peer) = intern(&host, port) else {
-                    log_unusable(conf, &host, from);
-                    action = advance(|l| l.confirmed(false));
-                    continue;
+                let started = match intern(&host, port) {
+                    Some(peer) => confirm(up, peer),
+                    None => resolve(up, conf, &host, port, from),
                 };
-                let addr = with_state(|s| {
-                    s.candidate = Some(peer);
-                    s.peers.get_mut(peer).map(|p| peer_address(p))
-                });
-                let commands = core_sentinel::confirm_commands(&up.setup);
-                match addr.map(|a| Probe::start(up, a, commands, Expect::Master)) {
-                    Some(Ok(())) => return,
-                    _ => advance(|l| l.confirmed(false)),
+                if started {
+                    return;
                 }
+                advance(|l| l.confirmed(false))
             }
             Action::Found { from, .. } => {
                 found(up, conf, from);
@@ -268,15 +270,109 @@ fn advance(f: impl FnOnce(&mut Lookup) -> Action) -> Action {
     with_state(|s| s.lookup.as_mut().map_or(Action::Failed, f))
 }
 
-fn log_unusable(conf: &SentinelConf, host: &str, from: usize) {
+/// Asks `ROLE` of the peer; whether the probe started.
+fn confirm(up: &Upstream, peer: usize) -> bool {
+    let addr = with_state(|s| {
+        s.candidate = Some(peer);
+        s.peers.get_mut(peer).map(|p| peer_address(p))
+    });
+    let commands = core_sentinel::confirm_commands(&up.setup);
+    addr.is_some_and(|a| Probe::start(up, a, commands, Expect::Master).is_ok())
+}
+
+/// Resolves the host name a sentinel gave with the http `resolver`; [`on_resolved`]
+/// carries on (perhaps before this returns, from the resolver's cache). Whether it started.
+fn resolve(up: &Upstream, conf: &SentinelConf, host: &str, port: u16, from: usize) -> bool {
+    let why = 'start: {
+        if conf.resolver.is_null() {
+            break 'start "no \"resolver\" is set at the http level";
+        }
+        // SAFETY: the resolver lives as long as the cycle.
+        let ctx = unsafe { ngx_resolve_start(conf.resolver, ptr::null_mut()) };
+        if ctx.is_null() {
+            break 'start "out of memory";
+        }
+        // NGX_NO_RESOLVER: the http level has no usable `resolver`.
+        if ctx as isize == -1 {
+            break 'start "no \"resolver\" is set at the http level";
+        }
+        let name = with_state(|s| {
+            let (name, _) = s.resolving.insert((host.as_bytes().to_vec(), port));
+            ngx_str_t { len: name.len(), data: name.as_mut_ptr() }
+        });
+        // SAFETY: `ctx` is a fresh resolver context; the name lives in the worker's state
+        // until `on_resolved` is done with the context; `up` lives as long as the cycle.
+        unsafe {
+            (*ctx).name = name;
+            (*ctx).handler = Some(on_resolved);
+            (*ctx).data = ptr::from_ref(up).cast_mut().cast();
+            (*ctx).timeout = up.timeout;
+            // On error NGINX has freed the context already.
+            if ngx_resolve_name(ctx) != NGX_OK as ngx_int_t {
+                with_state(|s| s.resolving = None);
+                break 'start "the resolver failed";
+            }
+        }
+        return true;
+    };
+    // Once per series of failed lookups, like the line of `failed`.
+    if with_state(|s| s.failing) {
+        return false;
+    }
     ngx_log_error!(
         NGX_LOG_ERR,
         cycle_log(),
-        "sessions: sentinel {} gave \"{}\" as the master of \"{}\": not an IP address (host names from sentinels are not resolved; set \"sentinel resolve-hostnames no\")",
+        "sessions: sentinel {} gave the host name \"{}\" as the master of \"{}\", which cannot be resolved: {}",
         sentinel_name(conf, from),
         host.escape_debug(),
-        conf.master
+        conf.master,
+        why
     );
+    false
+}
+
+unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
+    // SAFETY: NGINX calls this once with the context `resolve` started; `data` is the
+    // upstream, which lives as long as the cycle; `addrs` holds `naddrs` addresses.
+    unsafe {
+        let up = &*(*ctx).data.cast::<Upstream>().cast_const();
+        let port = with_state(|s| s.resolving.as_ref().map(|(_, p)| *p)).unwrap_or(0);
+        let ip = ((*ctx).state == 0 && (*ctx).naddrs > 0 && !(*ctx).addrs.is_null())
+            .then(|| ip_of((*(*ctx).addrs).sockaddr))
+            .flatten();
+        if ip.is_none() {
+            debug!("sessions sentinel: resolving the master failed ({})", (*ctx).state);
+        }
+        ngx_resolve_name_done(ctx);
+        with_state(|s| s.resolving = None);
+        let peer = ip.and_then(|ip| intern(&ip.to_string(), port));
+        if peer.is_some_and(|p| confirm(up, p)) {
+            return;
+        }
+        let action = advance(|l| l.confirmed(false));
+        run(up, action);
+    }
+}
+
+/// The IP address of a resolved socket address.
+///
+/// # Safety
+/// `sa` points to a socket address of its family's size.
+unsafe fn ip_of(sa: *const sockaddr) -> Option<std::net::IpAddr> {
+    // SAFETY: the caller's contract; the family says which struct it is.
+    unsafe {
+        match u32::from((*sa).sa_family) {
+            AF_INET => {
+                let sin = &*sa.cast::<sockaddr_in>();
+                Some(std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()).into())
+            }
+            AF_INET6 => {
+                let sin6 = &*sa.cast::<sockaddr_in6>();
+                Some(std::net::Ipv6Addr::from(sin6.sin6_addr.__in6_u.__u6_addr8).into())
+            }
+            _ => None,
+        }
+    }
 }
 
 fn sentinel_name(conf: &SentinelConf, n: usize) -> String {
