@@ -196,3 +196,66 @@ fn client_going_away_keeps_the_pooled_connection() {
     assert_eq!(opened, 2, "NGINX opened {} Redis connections", opened - 2);
     ng.check_logs();
 }
+
+/// A stalled Redis (SIGSTOP) with many commands pipelined on one connection per worker:
+/// the earliest deadline fails the connection and every command on it, so every request
+/// answers `error` within about the timeout (none hangs behind another's deadline), and
+/// once Redis runs again sessions are `valid` again without a reload.
+#[test]
+fn stalled_redis_fails_every_pipelined_command_then_recovers() {
+    const CLIENTS: usize = 16;
+    let redis = Redis::start();
+    let http = redis_http(&redis, "sessions_redis_keepalive 1;\n    sessions_redis_timeout 500ms;");
+    let mut ng = Nginx::start(&site(&http, ""));
+    ng.allow_log("is unavailable");
+    warm_up(&ng);
+    let v = new_session(ng.port, Req::get("/index.html"));
+    redis.signal(libc::SIGSTOP);
+    let port = ng.port;
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let v = v.clone();
+            thread::spawn(move || {
+                let r = Req::get("/index.html").sid(&v).send(port);
+                (r.status, r.st().to_string())
+            })
+        })
+        .collect();
+    let answers: Vec<_> = clients.into_iter().map(|c| c.join()).collect();
+    let took = started.elapsed();
+    redis.signal(libc::SIGCONT);
+    for a in &answers {
+        let (status, st) = a.as_ref().expect("a client failed");
+        assert_eq!((*status, st.as_str()), (200, "error"), "{answers:?}");
+    }
+    // Twice the timeout is the most a request may wait (its budget), plus slack.
+    assert!(took < Duration::from_millis(2500), "requests took {took:?}");
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let r = Req::get("/index.html").sid(&v).send(ng.port);
+            assert!(matches!(r.st(), "valid" | "error"), "the session must survive: {r}");
+            r.st() == "valid"
+        }),
+        "never valid again"
+    );
+    ng.check_logs();
+}
+
+/// `sessions_redis_keepalive 0`: one connection at a time, closed as soon as nothing is
+/// pending.
+#[test]
+fn keepalive_zero_closes_idle_connections_at_once() {
+    let redis = Redis::start();
+    let ng = Nginx::start(&site(&redis_http(&redis, "sessions_redis_keepalive 0;"), ""));
+    let v = new_session(ng.port, Req::get("/index.html"));
+    for _ in 0..3 {
+        assert_valid(ng.port, Req::get("/index.html"), &v);
+    }
+    assert!(
+        wait_for(Duration::from_secs(2), || redis_clients(&redis) == 0),
+        "connections left open: {}",
+        redis.cmd(&["CLIENT", "LIST"]).text()
+    );
+    ng.check_logs();
+}

@@ -2,6 +2,7 @@
 //! file's atomic write), time passed in.
 //!
 //! - [`cookie`]: finding our cookie in `Cookie` headers, the signed value, `Set-Cookie`.
+//! - [`data`]: session data (`sessions_set`) and what a response asks of its session.
 //! - [`http`]: Fetch Metadata, `Cache-Control` and `Cookie` header decisions.
 //! - [`session`]: records, timeouts, binding and renewal as a state machine.
 //! - [`table`]: the shared-memory table's layout and algorithm (over plain slices).
@@ -12,6 +13,7 @@
 //! - [`state`]: the state file that carries a zone across restarts.
 
 pub mod cookie;
+pub mod data;
 pub mod http;
 pub mod metrics;
 pub mod redis_flow;

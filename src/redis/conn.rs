@@ -160,6 +160,10 @@ pub(super) unsafe fn connect(upstream: &Upstream, to: Address) -> Result<*mut Co
                 queued_at: Instant::now(),
             });
         }
+        if !(*conn).connecting {
+            // Connected at once: nothing else will start the writing (see `enqueue`).
+            ngx::ffi::ngx_post_event((*c).write, ptr::addr_of_mut!(ngx::ffi::ngx_posted_events));
+        }
         worker::add_conn(conn);
     }
     Ok(conn)
@@ -190,11 +194,13 @@ pub(super) unsafe fn enqueue(
                 slot.deadline = deadline;
             }
         }
+        // A write already waits (posted, or for the socket) unless the buffer was empty.
+        let write_pending = !(*conn).out.is_empty();
         (*conn).out.extend_from_slice(&command);
         (*conn).pending.push_back(Slot {
             waiter,
             setup: false,
-            command,
+            command: if retry { command } else { Vec::new() },
             retry,
             deadline,
             queued_at: Instant::now(),
@@ -206,7 +212,7 @@ pub(super) unsafe fn enqueue(
         }
         let wev = (*c).write;
         // While connecting, the write event fires when the handshake ends (or fails).
-        if !(*conn).connecting && (*wev).posted() == 0 {
+        if !(*conn).connecting && !write_pending && (*wev).posted() == 0 {
             ngx::ffi::ngx_post_event(wev, ptr::addr_of_mut!(ngx::ffi::ngx_posted_events));
         }
     }
