@@ -166,6 +166,7 @@ fn failover_logs_nobody_out_and_sessions_follow_the_new_master() {
     let killed = Instant::now();
     cluster.master.stop();
     let mut promoted: Option<Instant> = None;
+    let mut first_valid: Option<Instant> = None;
     let mut back: Option<Instant> = None;
     let mut statuses = std::collections::BTreeMap::<String, usize>::new();
     let mut valid_in_a_row = 0;
@@ -186,6 +187,7 @@ fn failover_logs_nobody_out_and_sessions_follow_the_new_master() {
         }
         // Back once both workers (any run of requests on fresh connections) say valid.
         if r.st() == "valid" && promoted.is_some() {
+            first_valid.get_or_insert_with(Instant::now);
             valid_in_a_row += 1;
             if valid_in_a_row >= 10 {
                 back = Some(Instant::now());
@@ -199,8 +201,9 @@ fn failover_logs_nobody_out_and_sessions_follow_the_new_master() {
     let back = back.unwrap();
     let after_promotion = back.saturating_duration_since(promoted);
     eprintln!(
-        "failover: kill -> promotion {:?}, kill -> sessions valid again {:?} ({:?} after the promotion); statuses {statuses:?}",
+        "failover: kill -> promotion {:?}, kill -> first valid {:?}, kill -> 10 valid in a row {:?} ({:?} after the promotion); statuses {statuses:?}",
         promoted - killed,
+        first_valid.map(|t| t - killed),
         back - killed,
         after_promotion
     );

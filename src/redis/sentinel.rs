@@ -209,7 +209,12 @@ fn start_lookup(up: &Upstream) {
             return None;
         }
         s.upstream = up;
-        let order = s.order.get_or_insert_with(|| Order::new(conf.sentinels.len()));
+        // A new list (a reload in single-process mode) starts over in its own order.
+        let count = conf.sentinels.len();
+        let order = match &mut s.order {
+            Some(order) if order.as_slice().len() == count => order,
+            other => other.insert(Order::new(count)),
+        };
         let (lookup, action) = Lookup::start(order);
         s.lookup = Some(lookup);
         Some(action)
