@@ -474,6 +474,22 @@ fn sentinel_credentials_and_the_url_database_apply() {
     until_ready(&ng, &master);
     let c = new_session(&ng);
     assert_eq!(Req::get("/index.html").sid(&c).send(ng.port).st(), "valid");
+    // A wrong sentinel password: the lookup fails, and the log line says why.
+    let mut bad = Nginx::start(&site(
+        &default_http(&format!(
+            "sessions_redis redis://:datapw@localhost/3;\n    \
+             sessions_redis_sentinel {MASTER} 127.0.0.1:{sentinel_port};\n    \
+             sessions_redis_sentinel_password wrong;"
+        )),
+        "",
+    ));
+    poll_until("the failed lookup is logged", Duration::from_secs(10), || {
+        bad.error_log().contains("no sentinel gave a reachable master")
+    });
+    let log = bad.error_log();
+    assert!(log.contains(&format!("(last: 127.0.0.1:{sentinel_port}: WRONGPASS")), "{log}");
+    assert_eq!(Req::get("/index.html").send(bad.port).st(), "error");
+    bad.stop();
     let keys = master.pipeline(&[&["AUTH", "datapw"], &["SELECT", "3"], &["DBSIZE"]]).unwrap();
     assert!(keys[2].int() >= 2, "nothing in database 3: {keys:?}");
     ng.stop();

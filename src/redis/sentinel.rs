@@ -104,6 +104,8 @@ struct Discovery {
     resolving: Option<(Vec<u8>, u16)>,
     /// The last lookup failed (logged once until one succeeds).
     failing: bool,
+    /// Why the last exchange of the lookup in flight failed, for that log line.
+    last_failure: String,
     /// Fires [`RETRY_INTERVAL`] after a failed lookup.
     retry: ngx_event_t,
     upstream: *const Upstream,
@@ -130,6 +132,7 @@ fn with_state<R>(f: impl FnOnce(&mut Discovery) -> R) -> R {
         probe: ptr::null_mut(),
         resolving: None,
         failing: false,
+        last_failure: String::new(),
         // SAFETY: all-zero is an unset NGINX event.
         retry: unsafe { core::mem::zeroed() },
         upstream: ptr::null(),
@@ -217,6 +220,7 @@ fn start_lookup(up: &Upstream) {
         };
         let (lookup, action) = Lookup::start(order);
         s.lookup = Some(lookup);
+        s.last_failure.clear();
         Some(action)
     });
     if let Some(action) = action {
@@ -425,17 +429,18 @@ fn found(up: &Upstream, conf: &SentinelConf, from: usize) {
 
 /// No sentinel gave a master that answered as one: try again shortly.
 fn failed(conf: &SentinelConf) {
-    let first = with_state(|s| {
+    let (first, why) = with_state(|s| {
         s.lookup = None;
         s.candidate = None;
-        !core::mem::replace(&mut s.failing, true)
+        (!core::mem::replace(&mut s.failing, true), core::mem::take(&mut s.last_failure))
     });
     if first {
         ngx_log_error!(
             NGX_LOG_ERR,
             cycle_log(),
-            "sessions: no sentinel gave a reachable master for \"{}\"; asking again every {}ms",
+            "sessions: no sentinel gave a reachable master for \"{}\"{}; asking again every {}ms",
             conf.master,
+            if why.is_empty() { String::new() } else { format!(" (last: {why})") },
             RETRY_INTERVAL
         );
     }
@@ -509,19 +514,28 @@ fn intern(host: &str, port: u16) -> Option<usize> {
 }
 
 /// A probe's result reaches the lookup.
-fn probe_done(up: &Upstream, expect: Expect, answer: Answer) {
+/// `peer` names the server that answered (or did not), for the log.
+fn probe_done(up: &Upstream, expect: Expect, answer: Answer, peer: String) {
+    let failure = |answer: Answer| {
+        let why = match answer {
+            Answer::Failed(why) => why,
+            other => format!("{other:?}"),
+        };
+        debug!("sessions sentinel: {}: {}", peer, why);
+        with_state(|s| s.last_failure = format!("{peer}: {why}"));
+    };
     let action = match (expect, answer) {
         (Expect::MasterAddr, Answer::MasterAt(host, port)) => {
-            debug!("sessions sentinel: a sentinel says {}:{}", host, port);
+            debug!("sessions sentinel: {} says {}:{}", peer, host, port);
             advance(|l| l.sentinel_answered(Some((host, port))))
         }
         (Expect::MasterAddr, other) => {
-            debug!("sessions sentinel: a sentinel failed: {:?}", other);
+            failure(other);
             advance(|l| l.sentinel_answered(None))
         }
         (Expect::Master, Answer::IsMaster) => advance(|l| l.confirmed(true)),
         (Expect::Master, other) => {
-            debug!("sessions sentinel: the candidate is not the master: {:?}", other);
+            failure(other);
             advance(|l| l.confirmed(false))
         }
     };
@@ -718,6 +732,11 @@ unsafe fn probe_finish(probe: *mut Probe, answer: Answer) {
     // SAFETY: the caller's contract; `upstream` lives as long as the cycle.
     unsafe {
         let (up, expect) = (&*(*probe).upstream, (*probe).expect);
+        let peer = (*probe)
+            .pc
+            .name
+            .as_ref()
+            .map_or_else(String::new, |n| String::from_utf8_lossy(n.as_bytes()).into_owned());
         let c = (*probe).pc.connection;
         if !c.is_null() {
             if (*(*c).read).timer_set() != 0 {
@@ -731,6 +750,6 @@ unsafe fn probe_finish(probe: *mut Probe, answer: Answer) {
             }
         });
         drop(Box::from_raw(probe));
-        probe_done(up, expect, answer);
+        probe_done(up, expect, answer, peer);
     }
 }
