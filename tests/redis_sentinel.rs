@@ -114,10 +114,10 @@ fn dbsize(redis: &Redis) -> i64 {
 }
 
 /// The site on Redis through Sentinel; the URL's host and port are unused.
-fn site_with(sentinels: &str) -> Nginx {
+fn site_with(sentinels: &str, extra: &str) -> Nginx {
     Nginx::start(&site(
         &default_http(&format!(
-            "sessions_redis redis://192.0.2.1:1/0;\n    sessions_redis_sentinel {MASTER} {sentinels};"
+            "sessions_redis redis://192.0.2.1:1/0;\n    sessions_redis_sentinel {MASTER} {sentinels};\n    {extra}"
         )),
         "",
     ))
@@ -148,8 +148,19 @@ fn new_session(ng: &Nginx) -> String {
 
 #[test]
 fn failover_logs_nobody_out_and_sessions_follow_the_new_master() {
+    failover_with("");
+}
+
+/// Without pooled connections, the master's death shows as a failed connect, not as a
+/// closed connection: it must start the lookup too.
+#[test]
+fn failover_without_pooled_connections() {
+    failover_with("sessions_redis_keepalive 0;");
+}
+
+fn failover_with(extra: &str) {
     let mut cluster = Cluster::start();
-    let mut ng = site_with(&format!("127.0.0.1:{}", cluster.sentinel_port));
+    let mut ng = site_with(&format!("127.0.0.1:{}", cluster.sentinel_port), extra);
     until_ready(&ng, &cluster.master);
 
     let cookies: Vec<String> = (0..12).map(|_| new_session(&ng)).collect();
@@ -234,7 +245,7 @@ fn failover_logs_nobody_out_and_sessions_follow_the_new_master() {
 #[test]
 fn switchover_readonly_old_master_is_left_and_its_pooled_connections_dropped() {
     let cluster = Cluster::start();
-    let mut ng = site_with(&format!("127.0.0.1:{}", cluster.sentinel_port));
+    let mut ng = site_with(&format!("127.0.0.1:{}", cluster.sentinel_port), "");
     until_ready(&ng, &cluster.master);
     let cookies: Vec<String> = (0..6).map(|_| new_session(&ng)).collect();
     // Pooled connections to the master exist in both workers.
@@ -287,7 +298,7 @@ fn switchover_readonly_old_master_is_left_and_its_pooled_connections_dropped() {
 fn a_dead_first_sentinel_costs_nothing_but_its_turn() {
     let cluster = Cluster::start();
     let dead = free_port();
-    let mut ng = site_with(&format!("127.0.0.1:{dead} 127.0.0.1:{}", cluster.sentinel_port));
+    let mut ng = site_with(&format!("127.0.0.1:{dead} 127.0.0.1:{}", cluster.sentinel_port), "");
     until_ready(&ng, &cluster.master);
     let before = dbsize(&cluster.master);
     let c = new_session(&ng);

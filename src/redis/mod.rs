@@ -181,6 +181,8 @@ pub(crate) unsafe fn execute(
             None => conn::connect(upstream, target).inspect_err(|&f| {
                 worker::mark_down(upstream, f.as_str());
                 crate::metrics::with_worker(|w| w.redis_error());
+                // Refused at once (no handshake pending): the master may have moved.
+                sentinel::connection_failed(upstream, target.sockaddr);
             })?,
         };
         conn::enqueue(conn, command, waiter, deadline);
