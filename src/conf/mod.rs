@@ -27,7 +27,7 @@ use ngx::http::{
 };
 
 use crate::cookie::{self, CookieAttrs, SameSite, Secure, Signer};
-use crate::redis::Upstream;
+use crate::redis::{self, TlsOptions, TlsPeer, Upstream};
 use crate::redis_flow;
 use crate::session::Policy;
 use crate::shm::SharedZone;
@@ -84,6 +84,11 @@ pub(crate) struct MainConf {
     redis: Option<Setting<RedisSetting>>,
     redis_timeout: Option<Setting<ngx_msec_t>>,
     redis_keepalive: Option<Setting<usize>>,
+    redis_ssl_verify: Option<Setting<bool>>,
+    /// PEM files: full paths, NUL-terminated, in the configuration pool.
+    redis_ssl_trusted_certificate: Option<Setting<ngx_str_t>>,
+    redis_ssl_certificate: Option<Setting<ngx_str_t>>,
+    redis_ssl_certificate_key: Option<Setting<ngx_str_t>>,
     /// The resolved Redis store, when `sessions_redis` is set.
     pub(crate) redis_upstream: Option<Upstream>,
     state_interval: Option<Setting<ngx_msec_t>>,
@@ -197,6 +202,7 @@ impl MainConf {
         zone::declare(cf, self)?;
         if let Some(Setting { value: RedisSetting::Url(target), .. }) = &self.redis {
             let url = &target.url;
+            let tls = if url.tls { Some(self.tls_peer(cf, &url.host)?) } else { None };
             self.redis_upstream = Some(Upstream {
                 sockaddr: target.sockaddr,
                 socklen: target.socklen,
@@ -208,9 +214,58 @@ impl MainConf {
                 ),
                 timeout: value_or(&self.redis_timeout, DEFAULT_REDIS_TIMEOUT),
                 keepalive: value_or(&self.redis_keepalive, DEFAULT_REDIS_KEEPALIVE),
+                tls,
             });
+        } else if let Some(origin) = self.first_tls_origin() {
+            ngx::ngx_conf_log_error!(
+                ngx::ffi::NGX_LOG_WARN,
+                cf,
+                "\"sessions_redis_ssl_*\" (line {}) has no effect without a \"rediss://\" URL in \"sessions_redis\"",
+                origin.line
+            );
         }
         Ok(())
+    }
+
+    /// `rediss://`: the SSL context from `sessions_redis_ssl_*`, for a server named `host`.
+    fn tls_peer(&self, cf: &mut ngx_conf_t, host: &str) -> Result<TlsPeer, Located> {
+        let certificate = match (&self.redis_ssl_certificate, &self.redis_ssl_certificate_key) {
+            (Some(cert), Some(key)) => Some((cert.value, key.value)),
+            (None, None) => None,
+            (Some(cert), None) => return Err(ConfError::msg(
+                "\"sessions_redis_ssl_certificate\" needs \"sessions_redis_ssl_certificate_key\"",
+            )
+            .at(cert.origin)),
+            (None, Some(key)) => return Err(ConfError::msg(
+                "\"sessions_redis_ssl_certificate_key\" needs \"sessions_redis_ssl_certificate\"",
+            )
+            .at(key.origin)),
+        };
+        let options = TlsOptions {
+            verify: value_or(&self.redis_ssl_verify, false),
+            trusted_certificate: self.redis_ssl_trusted_certificate.map(|s| s.value),
+            certificate,
+        };
+        let at = first_origin([
+            origin(&self.redis_ssl_certificate),
+            origin(&self.redis_ssl_trusted_certificate),
+            origin(&self.redis),
+        ]);
+        let context = redis::create_tls_context(cf, &options)
+            .map_err(|e| ConfError::msg(format!("\"sessions_redis\" over TLS: {e}")).at(at))?;
+        TlsPeer::new(context, host)
+            .ok_or_else(|| ConfError::msg("invalid Redis host for TLS").at(origin(&self.redis)))
+    }
+
+    /// Where the first `sessions_redis_ssl_*` directive was written, if any.
+    fn first_tls_origin(&self) -> Option<Origin> {
+        let written = [
+            self.redis_ssl_verify.map(|s| s.origin),
+            self.redis_ssl_trusted_certificate.map(|s| s.origin),
+            self.redis_ssl_certificate.map(|s| s.origin),
+            self.redis_ssl_certificate_key.map(|s| s.origin),
+        ];
+        written.into_iter().flatten().flatten().min_by_key(|o| o.line)
     }
 }
 

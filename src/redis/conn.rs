@@ -18,6 +18,7 @@ use ngx::ffi::{
     ngx_peer_connection_t, NGX_AGAIN, NGX_OK,
 };
 
+use super::tls;
 use super::worker::{self, cycle_log};
 use super::{Failure, Upstream, Waiter};
 use crate::redis_flow::{parse_reply, Parsed, Reply};
@@ -221,6 +222,15 @@ unsafe fn flush(conn: *mut Conn) {
     // SAFETY: the caller's contract; `c` is the connection's live NGINX connection.
     unsafe {
         let c = (*conn).pc.connection;
+        // `rediss://`: the TLS handshake comes first, then everything goes on as before
+        // (`c.send` / `c.recv` are NGINX's SSL ones after it).
+        if let Some(peer) = (*(*conn).upstream).tls.as_ref().filter(|_| (*c).ssl.is_null()) {
+            match tls::start(c, &*(*conn).upstream, peer, Some(on_handshake)) {
+                Ok(true) => set_handlers(c),
+                Ok(false) => return,
+                Err(f) => return fail(conn, f),
+            }
+        }
         let Some(send) = (*c).send else {
             fail(conn, Failure::Closed);
             return;
@@ -249,6 +259,34 @@ unsafe fn flush(conn: *mut Conn) {
         if (*(*c).read).ready() != 0 {
             read_reply(conn);
         }
+    }
+}
+
+/// NGINX calls this when a TLS handshake that needed I/O is over (or timed out).
+unsafe extern "C" fn on_handshake(c: *mut ngx_connection_t) {
+    // SAFETY: NGINX calls this with a connection of ours on which `tls::start` began TLS.
+    unsafe {
+        let conn = (*c).data.cast::<Conn>();
+        let up = &*(*conn).upstream;
+        match up.tls.as_ref().map_or(Err(Failure::Tls), |peer| tls::finish(c, up, peer)) {
+            Ok(()) => {
+                set_handlers(c);
+                flush(conn);
+            }
+            Err(f) => fail(conn, f),
+        }
+    }
+}
+
+/// Our handlers back on a connection's events (the TLS handshake borrowed them).
+///
+/// # Safety
+/// `c` is a live connection of ours.
+unsafe fn set_handlers(c: *mut ngx_connection_t) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (*(*c).read).handler = Some(on_read);
+        (*(*c).write).handler = Some(on_write);
     }
 }
 
@@ -450,7 +488,7 @@ pub(super) unsafe fn close(conn: *mut Conn) {
     unsafe {
         let c = (*conn).pc.connection;
         if !c.is_null() {
-            ngx_close_connection(c);
+            tls::close_connection(c);
             (*conn).pc.connection = ptr::null_mut();
         }
         free(conn);

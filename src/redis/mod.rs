@@ -6,12 +6,14 @@
 //! - this file: what callers use: [`Upstream`] (resolved at configuration time),
 //!   [`execute`], [`Waiter`] and [`Failure`];
 //! - `conn.rs`: one connection's state machine (setup commands, write, read, retry);
-//! - `worker.rs`: the per-worker state: the idle pool and the breaker.
+//! - `worker.rs`: the per-worker state: the idle pool and the breaker;
+//! - `tls.rs`: `rediss://`: the SSL context and the handshake after the TCP connect.
 //!
 //! Callers hand over a command with a `Waiter`; the reply (or the failure) comes back
 //! through the waiter's `done`, always from an event handler, never from `execute` itself.
 
 mod conn;
+mod tls;
 mod worker;
 
 use core::ffi::c_void;
@@ -22,6 +24,7 @@ use ngx::ffi::{ngx_msec_int_t, ngx_msec_t, ngx_str_t, sockaddr, socklen_t};
 use crate::redis_flow::Reply;
 use conn::Conn;
 
+pub(crate) use tls::{create_context as create_tls_context, TlsOptions, TlsPeer};
 pub(crate) use worker::close_idle;
 
 /// Where and how to reach Redis, resolved at configuration time.
@@ -35,6 +38,8 @@ pub(crate) struct Upstream {
     /// The most one command may take as a whole: connect, write, the complete reply.
     pub(crate) timeout: ngx_msec_t,
     pub(crate) keepalive: usize,
+    /// `rediss://`: TLS on every connection, the certificate checked against this peer.
+    pub(crate) tls: Option<TlsPeer>,
 }
 
 impl Upstream {
@@ -59,6 +64,8 @@ pub(crate) enum Failure {
     Protocol,
     /// `AUTH` or `SELECT` was refused.
     Setup,
+    /// The TLS handshake failed or the server's certificate was refused.
+    Tls,
 }
 
 impl Failure {
@@ -70,6 +77,7 @@ impl Failure {
             Failure::Closed => "connection closed",
             Failure::Protocol => "protocol error",
             Failure::Setup => "AUTH or SELECT refused",
+            Failure::Tls => "TLS handshake failed",
         }
     }
 }
