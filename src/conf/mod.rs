@@ -216,7 +216,10 @@ impl MainConf {
                 keepalive: value_or(&self.redis_keepalive, DEFAULT_REDIS_KEEPALIVE),
                 tls,
             });
-        } else if let Some(origin) = self.first_tls_origin() {
+        }
+        let over_tls =
+            matches!(&self.redis, Some(Setting { value: RedisSetting::Url(t), .. }) if t.url.tls);
+        if let Some(origin) = self.first_tls_origin().filter(|_| !over_tls) {
             ngx::ngx_conf_log_error!(
                 ngx::ffi::NGX_LOG_WARN,
                 cf,
