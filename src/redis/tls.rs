@@ -30,9 +30,10 @@ use ngx::ffi::{
     ngx_ssl_handshake, ngx_ssl_set_session, ngx_ssl_shutdown, ngx_ssl_t,
     ngx_ssl_trusted_certificate, ngx_str_t, ngx_tcp_nodelay, ngx_uint_t, NGX_SSL_TLSv1_2,
     NGX_SSL_TLSv1_3, SSL_CTX_set_default_verify_paths, SSL_SESSION_free, SSL_ctrl,
-    SSL_get1_peer_certificate, SSL_get_verify_result, TLSEXT_NAMETYPE_host_name, X509_check_ip_asc,
-    X509_free, X509_verify_cert_error_string, NGX_AGAIN, NGX_OK, NGX_SSL_CLIENT, SOL_SOCKET,
-    SO_ERROR, SSL_CTRL_SET_TLSEXT_HOSTNAME, SSL_SESSION, X509_V_OK,
+    SSL_get1_peer_certificate, SSL_get_verify_result, SSL_session_reused,
+    TLSEXT_NAMETYPE_host_name, X509_check_ip_asc, X509_free, X509_verify_cert_error_string,
+    NGX_AGAIN, NGX_OK, NGX_SSL_CLIENT, SOL_SOCKET, SO_ERROR, SSL_CTRL_SET_TLSEXT_HOSTNAME,
+    SSL_SESSION, X509_V_OK,
 };
 
 use super::{worker, Failure, Upstream};
@@ -357,10 +358,16 @@ pub(super) unsafe fn finish(
             let timed_out = (*(*c).read).timedout() != 0 || (*(*c).write).timedout() != 0;
             return Err(if timed_out { Failure::Timeout } else { Failure::Tls });
         }
+        let sc = (*(*c).ssl).connection;
+        ngx::ngx_log_debug!(
+            mask: ngx::log::DebugMask::Http,
+            (*c).log,
+            "sessions redis: TLS handshake done, session reused: {}",
+            SSL_session_reused(sc)
+        );
         if !peer.context().verify {
             return Ok(());
         }
-        let sc = (*(*c).ssl).connection;
         let rc = SSL_get_verify_result(sc);
         if rc != X509_V_OK as c_long {
             let why = CStr::from_ptr(X509_verify_cert_error_string(rc)).to_string_lossy();
