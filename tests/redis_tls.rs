@@ -256,6 +256,46 @@ fn tls_without_verification_works_and_pools_connections() {
     ng.check_logs();
 }
 
+/// Many clients at once over TLS: commands pipelined on one TLS connection per worker
+/// (writes that wait for the socket while more commands are appended included).
+#[test]
+fn concurrent_clients_share_pipelined_tls_connections() {
+    const CLIENTS: usize = 48;
+    const REQUESTS: usize = 10;
+    let Some(pki) = pki_or_skip() else { return };
+    let r = tls_redis(&pki, false, "server");
+    let ng = site_on(
+        &format!("rediss://127.0.0.1:{}", r.tls_port),
+        "sessions_redis_keepalive 1;\n    sessions_redis_timeout 5s;",
+    );
+    assert_sessions_work(&ng);
+    let before = connections_received(&r.redis);
+    let port = ng.port;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let first = Req::get("/index.html").send(port);
+                assert_eq!(first.st(), "new", "{first}");
+                let sid = first.sid();
+                for _ in 0..REQUESTS {
+                    let again = Req::get("/index.html").sid(&sid).send(port);
+                    assert_eq!(again.st(), "valid", "{again}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client failed");
+    }
+    let opened = connections_received(&r.redis) - before;
+    // one per worker at most (the first may already be open), plus the INFO query
+    assert!(opened <= 2 + 1, "{opened} Redis connections for {CLIENTS} clients over TLS");
+    ng.check_logs();
+}
+
 #[test]
 fn tls_without_keepalive_resumes_sessions() {
     let Some(pki) = pki_or_skip() else { return };

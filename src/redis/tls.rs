@@ -29,11 +29,11 @@ use ngx::ffi::{
     ngx_ssl_client_session_cache, ngx_ssl_create, ngx_ssl_create_connection, ngx_ssl_get_session,
     ngx_ssl_handshake, ngx_ssl_set_session, ngx_ssl_shutdown, ngx_ssl_t,
     ngx_ssl_trusted_certificate, ngx_str_t, ngx_tcp_nodelay, ngx_uint_t, NGX_SSL_TLSv1_2,
-    NGX_SSL_TLSv1_3, SSL_CTX_set_default_verify_paths, SSL_SESSION_free, SSL_ctrl,
+    NGX_SSL_TLSv1_3, SSL_CTX_ctrl, SSL_CTX_set_default_verify_paths, SSL_SESSION_free, SSL_ctrl,
     SSL_get1_peer_certificate, SSL_get_verify_result, SSL_session_reused,
     TLSEXT_NAMETYPE_host_name, X509_check_ip_asc, X509_free, X509_verify_cert_error_string,
-    NGX_AGAIN, NGX_OK, NGX_SSL_CLIENT, SOL_SOCKET, SO_ERROR, SSL_CTRL_SET_TLSEXT_HOSTNAME,
-    SSL_SESSION, X509_V_OK,
+    NGX_AGAIN, NGX_OK, NGX_SSL_CLIENT, SOL_SOCKET, SO_ERROR, SSL_CTRL_MODE,
+    SSL_CTRL_SET_TLSEXT_HOSTNAME, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, SSL_SESSION, X509_V_OK,
 };
 
 use super::{worker, Failure, Upstream};
@@ -163,6 +163,11 @@ pub(crate) fn create_context(
     if unsafe { ngx_ssl_create(ssl, protocols, ptr::null_mut()) } != NGX_OK as ngx_int_t {
         return Err("cannot create the SSL context".into());
     }
+    // Pipelining appends commands to the output buffer while a write waits for the socket:
+    // the retried `SSL_write` may see the same bytes at a new address.
+    let mode = SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER as c_long;
+    // SAFETY: `ctx` was just created; `SSL_CTX_set_mode` is this call (a C macro).
+    unsafe { SSL_CTX_ctrl(context.ssl.ctx, SSL_CTRL_MODE as c_int, mode, ptr::null_mut()) };
     if let Some((mut cert, mut key)) = options.certificate {
         // SAFETY: a live context; the paths are NUL-terminated strings in the pool.
         let rc = unsafe { ngx_ssl_certificate(cf, ssl, &mut cert, &mut key, ptr::null_mut()) };
