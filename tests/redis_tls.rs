@@ -451,6 +451,54 @@ fn rediss_to_a_plain_port_fails_within_the_timeout() {
 // configuration
 // ---------------------------------------------------------------------------------------
 
+/// nginx-conf/cluster-tls.conf runs against a TLS Redis that wants client certificates
+/// once its port, CA and client certificate lines are filled in (tests/config.rs checks
+/// the file as shipped with `nginx -t`).
+#[test]
+fn cluster_tls_conf_runs() {
+    let Some(pki) = pki_or_skip() else { return };
+    let r = tls_redis(&pki, true, "server");
+    let text = std::fs::read_to_string(root().join("nginx-conf/cluster-tls.conf")).unwrap();
+    let port = free_port();
+    let replaced = text
+        .replace("rediss://127.0.0.1:6380/0", &format!("rediss://127.0.0.1:{}/0", r.tls_port))
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .replace("worker_processes auto;", "worker_processes 2;")
+        .replace(
+            "# sessions_redis_ssl_trusted_certificate /etc/redis/tls/ca.crt",
+            &format!("sessions_redis_ssl_trusted_certificate {}", pki.p("ca.crt")),
+        )
+        .replace(
+            "# sessions_redis_ssl_certificate     /etc/nginx/redis-client.crt",
+            &format!("sessions_redis_ssl_certificate {}", pki.p("client.crt")),
+        )
+        .replace(
+            "# sessions_redis_ssl_certificate_key /etc/nginx/redis-client.key",
+            &format!("sessions_redis_ssl_certificate_key {}", pki.p("client.key")),
+        )
+        .replace(
+            "proxy_pass http://127.0.0.1:8081;",
+            "add_header X-Status $session_status always;",
+        );
+    for line in ["sessions_redis_ssl_trusted_certificate /", "sessions_redis_ssl_certificate_key /"]
+    {
+        assert!(replaced.contains(line), "cluster-tls.conf changed: no {line:?} after filling in");
+    }
+    let prefix = TempDir::new("cluster-tls");
+    write_html(&prefix.path);
+    std::os::unix::fs::symlink(module_so().parent().unwrap(), prefix.path.join("modules")).unwrap();
+    let conf = prefix.path.join("conf/nginx.conf");
+    std::fs::write(&conf, replaced).unwrap();
+    let ng = Nginx::start_file(prefix, conf, port, 2, &["-g", "daemon off;"]);
+    let first = Req::get("/index.html").send(ng.port);
+    assert_eq!(first.st(), "new", "{first}\n{}", ng.error_log());
+    let cookie = first.one_cookie("clustersession");
+    let again =
+        Req::get("/index.html").cookie(&format!("clustersession={}", cookie.value)).send(ng.port);
+    assert_eq!(again.st(), "valid", "{again}\n{}", ng.error_log());
+    ng.check_logs();
+}
+
 fn conf_body(http: &str) -> String {
     format!(
         r#"
