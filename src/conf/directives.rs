@@ -61,7 +61,8 @@ pub(super) enum RedisSetting {
 /// `sessions_redis_sentinel`: the master's name and the sentinels, resolved.
 pub(super) struct SentinelSetting {
     pub(super) master: String,
-    pub(super) sentinels: Vec<ResolvedAddr>,
+    /// Each as written (`host`, for TLS) and resolved.
+    pub(super) sentinels: Vec<(String, ResolvedAddr)>,
 }
 
 /// What a parser sees of the directive being read.
@@ -164,7 +165,7 @@ const LOC: u32 = NGX_HTTP_LOC_CONF;
 const NOARGS: u32 = NGX_CONF_NOARGS;
 
 /// The module's directives (NGINX reads the table, terminated by an empty entry).
-pub(crate) static mut COMMANDS: [ngx_command_t; 26] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 30] = [
     directive!("sessions", HTTP_ANY, FLAG, LocConf.enabled, parse_sessions),
     directive!("sessions_pass_cookie", HTTP_ANY, FLAG, LocConf.pass_cookie, parse_on_off),
     directive!("sessions_secret", HTTP_SRV, TAKE1, SrvConf.secret, parse_secret),
@@ -205,6 +206,28 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 26] = [
         TAKE1,
         MainConf.redis_keepalive_timeout,
         parse_msec
+    ),
+    directive!("sessions_redis_ssl_verify", HTTP, FLAG, MainConf.redis_ssl_verify, parse_on_off),
+    directive!(
+        "sessions_redis_ssl_trusted_certificate",
+        HTTP,
+        TAKE1,
+        MainConf.redis_ssl_trusted_certificate,
+        parse_pem_file
+    ),
+    directive!(
+        "sessions_redis_ssl_certificate",
+        HTTP,
+        TAKE1,
+        MainConf.redis_ssl_certificate,
+        parse_pem_file
+    ),
+    directive!(
+        "sessions_redis_ssl_certificate_key",
+        HTTP,
+        TAKE1,
+        MainConf.redis_ssl_certificate_key,
+        parse_pem_file
     ),
     directive!("sessions_metrics", LOC, NOARGS, LocConf.metrics, parse_metrics),
     directive!(
@@ -439,6 +462,34 @@ fn parse_keepalive(arg: &mut Arg) -> Result<usize, ConfError> {
     }
 }
 
+/// A PEM file of `sessions_redis_ssl_*`: relative to the configuration prefix (like
+/// `ssl_certificate`), readable now; kept NUL-terminated for NGINX's SSL functions.
+fn parse_pem_file(arg: &mut Arg) -> Result<ngx_str_t, ConfError> {
+    if arg.value.is_empty() {
+        return Err(ConfError::msg(format!("\"{}\" needs a file name", arg.name)));
+    }
+    let pool = arg.cf.pool;
+    // SAFETY: the configuration pool is live; the copy lives as long as the cycle.
+    let Some(mut path) = (unsafe { ngx_str_t::from_bytes(pool, arg.value) }) else {
+        return Err(ConfError::NoMemory);
+    };
+    // SAFETY: a live cycle and a path in its pool; the full name is allocated there too.
+    if unsafe { ngx_conf_full_name(arg.cf.cycle, &mut path, 1) } != NGX_OK as ngx_int_t {
+        return Err(ConfError::NoMemory);
+    }
+    let full = path.as_bytes();
+    let shown = show(full);
+    std::fs::File::open(std::path::Path::new(std::ffi::OsStr::from_bytes(full)))
+        .map_err(|e| ConfError::msg(format!("\"{}\": cannot read \"{shown}\": {e}", arg.name)))?;
+    let terminated = [full, b"\0"].concat();
+    // SAFETY: as above.
+    let Some(mut path) = (unsafe { ngx_str_t::from_bytes(pool, &terminated) }) else {
+        return Err(ConfError::NoMemory);
+    };
+    path.len -= 1;
+    Ok(path)
+}
+
 fn parse_domain(arg: &mut Arg) -> Result<Option<Vec<u8>>, ConfError> {
     let v = arg.value;
     if v == b"off" || v.is_empty() {
@@ -481,7 +532,7 @@ fn parse_redis(arg: &mut Arg) -> Result<RedisSetting, ConfError> {
     };
     let url = redis_url::parse(url).map_err(|e| {
         ConfError::msg(format!(
-            "invalid Redis URL in \"sessions_redis\": it {e} (expected redis://[[user]:password@]host[:port][/db])"
+            "invalid Redis URL in \"sessions_redis\": it {e} (expected redis[s]://[[user]:password@]host[:port][/db])"
         ))
     })?;
     // Resolved once the `http` block is read (`MainConf::init`), unless Sentinel is used.
@@ -560,7 +611,8 @@ fn parse_sentinel(cf: &mut ngx_conf_t, args: &[ngx_str_t]) -> Result<SentinelSet
                 show(host.as_bytes())
             ))
         })?;
-        sentinels.push(resolve(cf, &h, port, "sessions_redis_sentinel")?);
+        let addr = resolve(cf, &h, port, "sessions_redis_sentinel")?;
+        sentinels.push((h, addr));
     }
     Ok(SentinelSetting { master: show(master), sentinels })
 }

@@ -28,7 +28,7 @@ use ngx::http::{
 };
 
 use crate::cookie::{self, CookieAttrs, SameSite, Secure, Signer};
-use crate::redis::{SentinelAddr, SentinelConf, Upstream};
+use crate::redis::{self, SentinelAddr, SentinelConf, TlsOptions, TlsPeer, Upstream};
 use crate::redis_flow;
 use crate::session::Policy;
 use crate::shm::SharedZone;
@@ -92,6 +92,11 @@ pub(crate) struct MainConf {
     sentinel: Option<Setting<SentinelSetting>>,
     sentinel_username: Option<Setting<String>>,
     sentinel_password: Option<Setting<String>>,
+    redis_ssl_verify: Option<Setting<bool>>,
+    /// PEM files: full paths, NUL-terminated, in the configuration pool.
+    redis_ssl_trusted_certificate: Option<Setting<ngx_str_t>>,
+    redis_ssl_certificate: Option<Setting<ngx_str_t>>,
+    redis_ssl_certificate_key: Option<Setting<ngx_str_t>>,
     /// The resolved Redis store, when `sessions_redis` is set.
     pub(crate) redis_upstream: Option<Upstream>,
     state_interval: Option<Setting<ngx_msec_t>>,
@@ -204,6 +209,16 @@ impl MainConf {
     fn init(&mut self, cf: &mut ngx_conf_t) -> Result<(), Located> {
         zone::declare(cf, self)?;
         let sentinel = self.sentinel_conf(cf)?;
+        let over_tls =
+            matches!(&self.redis, Some(Setting { value: RedisSetting::Url(t), .. }) if t.tls);
+        if let Some(origin) = self.first_tls_origin().filter(|_| !over_tls) {
+            ngx::ngx_conf_log_error!(
+                ngx::ffi::NGX_LOG_WARN,
+                cf,
+                "\"sessions_redis_ssl_*\" (line {}) has no effect without a \"rediss://\" URL in \"sessions_redis\"",
+                origin.line
+            );
+        }
         let Some(Setting { value: RedisSetting::Url(url), origin }) = &self.redis else {
             if let Some(s) = &self.sentinel {
                 return Err(ConfError::msg(
@@ -228,6 +243,7 @@ impl MainConf {
                 (addr.sockaddr, addr.socklen, addr.name)
             }
         };
+        let tls = if url.tls { Some(self.tls_peer(cf, &url.host)?) } else { None };
         self.redis_upstream = Some(Upstream {
             sockaddr,
             socklen,
@@ -239,6 +255,7 @@ impl MainConf {
                 &self.redis_keepalive_timeout,
                 DEFAULT_REDIS_KEEPALIVE_TIMEOUT,
             ),
+            tls,
             sentinel,
         });
         Ok(())
@@ -269,7 +286,12 @@ impl MainConf {
         let sentinels = value
             .sentinels
             .iter()
-            .map(|a| SentinelAddr { sockaddr: a.sockaddr, socklen: a.socklen, name: a.name })
+            .map(|(host, a)| SentinelAddr {
+                host: host.clone(),
+                sockaddr: a.sockaddr,
+                socklen: a.socklen,
+                name: a.name,
+            })
             .collect();
         Ok(Some(SentinelConf {
             master: value.master.clone(),
@@ -281,6 +303,47 @@ impl MainConf {
             ),
             resolver: NgxHttpCoreModule::location_conf(cf).map_or(ptr::null_mut(), |c| c.resolver),
         }))
+    }
+
+    /// `rediss://`: the SSL context from `sessions_redis_ssl_*`, for a server named `host`.
+    fn tls_peer(&self, cf: &mut ngx_conf_t, host: &str) -> Result<TlsPeer, Located> {
+        let certificate = match (&self.redis_ssl_certificate, &self.redis_ssl_certificate_key) {
+            (Some(cert), Some(key)) => Some((cert.value, key.value)),
+            (None, None) => None,
+            (Some(cert), None) => return Err(ConfError::msg(
+                "\"sessions_redis_ssl_certificate\" needs \"sessions_redis_ssl_certificate_key\"",
+            )
+            .at(cert.origin)),
+            (None, Some(key)) => return Err(ConfError::msg(
+                "\"sessions_redis_ssl_certificate_key\" needs \"sessions_redis_ssl_certificate\"",
+            )
+            .at(key.origin)),
+        };
+        let options = TlsOptions {
+            verify: value_or(&self.redis_ssl_verify, false),
+            trusted_certificate: self.redis_ssl_trusted_certificate.map(|s| s.value),
+            certificate,
+        };
+        let at = first_origin([
+            origin(&self.redis_ssl_certificate),
+            origin(&self.redis_ssl_trusted_certificate),
+            origin(&self.redis),
+        ]);
+        let context = redis::create_tls_context(cf, &options)
+            .map_err(|e| ConfError::msg(format!("\"sessions_redis\" over TLS: {e}")).at(at))?;
+        TlsPeer::new(context, host)
+            .ok_or_else(|| ConfError::msg("invalid Redis host for TLS").at(origin(&self.redis)))
+    }
+
+    /// Where the first `sessions_redis_ssl_*` directive was written, if any.
+    fn first_tls_origin(&self) -> Option<Origin> {
+        let written = [
+            self.redis_ssl_verify.map(|s| s.origin),
+            self.redis_ssl_trusted_certificate.map(|s| s.origin),
+            self.redis_ssl_certificate.map(|s| s.origin),
+            self.redis_ssl_certificate_key.map(|s| s.origin),
+        ];
+        written.into_iter().flatten().flatten().min_by_key(|o| o.line)
     }
 }
 

@@ -23,6 +23,7 @@ use ngx::ffi::{
 };
 
 use super::sentinel::{self, Address};
+use super::tls;
 use super::worker::{self, cycle_log};
 use super::{Failure, Upstream, Waiter};
 use crate::redis_flow::{parse_reply_len, Parsed, Reply};
@@ -73,6 +74,9 @@ pub(super) struct Conn {
     connecting: bool,
     /// No reply has come on it yet: a failure is a failure to connect.
     fresh: bool,
+    /// `rediss://`: the peer whose certificate is checked (the upstream's, or with
+    /// Sentinel the master's); null for plain TCP.
+    tls: *const tls::TlsPeer,
 }
 
 impl Conn {
@@ -125,6 +129,7 @@ pub(super) unsafe fn connect(upstream: &Upstream, to: Address) -> Result<*mut Co
         pending: VecDeque::new(),
         connecting: false,
         fresh: true,
+        tls: to.tls,
     }));
     // SAFETY: `conn` was just allocated; the address and name live in the configuration.
     unsafe {
@@ -260,6 +265,15 @@ unsafe fn flush(conn: *mut Conn) {
     // SAFETY: the caller's contract; `c` is the connection's live NGINX connection.
     unsafe {
         let c = (*conn).pc.connection;
+        // `rediss://`: the TLS handshake comes first, then everything goes on as before
+        // (`c.send` / `c.recv` are NGINX's SSL ones after it).
+        if let Some(peer) = (*conn).tls.as_ref().filter(|_| (*c).ssl.is_null()) {
+            match tls::start(c, &*(*conn).upstream, peer, Some(on_handshake)) {
+                Ok(true) => set_handlers(c),
+                Ok(false) => return,
+                Err(f) => return fail(conn, f),
+            }
+        }
         let Some(send) = (*c).send else {
             fail(conn, Failure::Closed);
             return;
@@ -284,6 +298,34 @@ unsafe fn flush(conn: *mut Conn) {
         if ngx_handle_read_event((*c).read, 0) != NGX_OK as isize {
             fail(conn, Failure::Closed);
         }
+    }
+}
+
+/// NGINX calls this when a TLS handshake that needed I/O is over (or timed out).
+unsafe extern "C" fn on_handshake(c: *mut ngx_connection_t) {
+    // SAFETY: NGINX calls this with a connection of ours on which `tls::start` began TLS.
+    unsafe {
+        let conn = (*c).data.cast::<Conn>();
+        let up = &*(*conn).upstream;
+        match (*conn).tls.as_ref().map_or(Err(Failure::Tls), |peer| tls::finish(c, up, peer)) {
+            Ok(()) => {
+                set_handlers(c);
+                flush(conn);
+            }
+            Err(f) => fail(conn, f),
+        }
+    }
+}
+
+/// Our handlers back on a connection's events (the TLS handshake borrowed them).
+///
+/// # Safety
+/// `c` is a live connection of ours.
+unsafe fn set_handlers(c: *mut ngx_connection_t) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (*(*c).read).handler = Some(on_read);
+        (*(*c).write).handler = Some(on_write);
     }
 }
 
@@ -573,7 +615,7 @@ unsafe fn close_socket(conn: *mut Conn) {
     unsafe {
         let c = (*conn).pc.connection;
         if !c.is_null() {
-            ngx_close_connection(c);
+            tls::close_connection(c);
             (*conn).pc.connection = ptr::null_mut();
         }
     }

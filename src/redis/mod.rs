@@ -9,12 +9,14 @@
 //! - `conn.rs`: one connection: its FIFO of pending replies, write, read, retry;
 //! - `worker.rs`: the per-worker state: the pool of connections and the breaker;
 //! - `sentinel.rs`: with `sessions_redis_sentinel`, where the master is.
+//! - `tls.rs`: `rediss://`: the SSL context and the handshake after the TCP connect.
 //!
 //! Callers hand over a command with a `Waiter`; the reply (or the failure) comes back
 //! through the waiter's `done`, always from an event handler, never from `execute` itself.
 
 mod conn;
 mod sentinel;
+mod tls;
 mod worker;
 
 use core::ffi::c_void;
@@ -26,6 +28,7 @@ use crate::redis_flow::Reply;
 use conn::Conn;
 
 pub(crate) use sentinel::{init_worker, SentinelAddr, SentinelConf};
+pub(crate) use tls::{create_context as create_tls_context, TlsOptions, TlsPeer};
 pub(crate) use worker::close_all;
 
 /// Where and how to reach Redis, resolved at configuration time.
@@ -45,6 +48,8 @@ pub(crate) struct Upstream {
     pub(crate) keepalive_timeout: ngx_msec_t,
     /// `sessions_redis_sentinel`: the master is found through these sentinels.
     pub(crate) sentinel: Option<SentinelConf>,
+    /// `rediss://`: TLS on every connection, the certificate checked against this peer.
+    pub(crate) tls: Option<TlsPeer>,
 }
 
 impl Upstream {
@@ -69,6 +74,8 @@ pub(crate) enum Failure {
     Protocol,
     /// `AUTH` or `SELECT` was refused.
     Setup,
+    /// The TLS handshake failed or the server's certificate was refused.
+    Tls,
 }
 
 impl Failure {
@@ -80,6 +87,7 @@ impl Failure {
             Failure::Closed => "connection closed",
             Failure::Protocol => "protocol error",
             Failure::Setup => "AUTH or SELECT refused",
+            Failure::Tls => "TLS handshake failed",
         }
     }
 }

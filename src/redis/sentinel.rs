@@ -34,6 +34,7 @@ use ngx::ffi::{
 use ngx::ngx_log_error;
 use sessions_core::sentinel::{self as core_sentinel, Action, Answer, Expect, Lookup, Order};
 
+use super::tls::{self, TlsPeer};
 use super::worker::{self, cycle_log};
 use super::{Failure, Upstream};
 
@@ -51,17 +52,21 @@ macro_rules! debug {
     };
 }
 
-/// A socket address and its name for the log, as `ngx_event_connect_peer` wants them.
+/// A socket address and its name for the log, as `ngx_event_connect_peer` wants them,
+/// and with `rediss://` the peer whose certificate is checked (null: plain TCP).
 #[derive(Clone, Copy)]
 pub(crate) struct Address {
     pub(crate) sockaddr: *mut sockaddr,
     pub(crate) socklen: socklen_t,
     pub(crate) name: *mut ngx_str_t,
+    pub(crate) tls: *const TlsPeer,
 }
 
 /// A sentinel, resolved at configuration time (its address lives in the cycle's pool).
 #[derive(Clone)]
 pub(crate) struct SentinelAddr {
+    /// As written, for the certificate check with `rediss://`.
+    pub(crate) host: String,
     pub(crate) sockaddr: *mut sockaddr,
     pub(crate) socklen: socklen_t,
     pub(crate) name: ngx_str_t,
@@ -86,6 +91,8 @@ struct Peer {
     socklen: socklen_t,
     text: Vec<u8>,
     name: ngx_str_t,
+    /// `rediss://`: the master's certificate must name the host the sentinel gave.
+    tls: Option<TlsPeer>,
 }
 
 struct Discovery {
@@ -148,6 +155,7 @@ pub(super) fn target(up: &Upstream) -> Result<Address, Failure> {
             sockaddr: up.sockaddr,
             socklen: up.socklen,
             name: ptr::addr_of!(up.name).cast_mut(),
+            tls: up.tls.as_ref().map_or(ptr::null(), ptr::from_ref),
         });
     }
     let master = with_state(|s| s.master.and_then(|i| s.peers.get_mut(i)).map(|p| peer_address(p)));
@@ -165,6 +173,7 @@ fn peer_address(p: &mut Peer) -> Address {
         sockaddr: ptr::addr_of_mut!(p.addr.sockaddr),
         socklen: p.socklen,
         name: ptr::addr_of_mut!(p.name),
+        tls: p.tls.as_ref().map_or(ptr::null(), ptr::from_ref),
     }
 }
 
@@ -243,8 +252,12 @@ fn run(up: &Upstream, mut action: Action) {
                     sockaddr: s.sockaddr,
                     socklen: s.socklen,
                     name: ptr::addr_of!(s.name).cast_mut(),
+                    tls: ptr::null(),
                 };
-                match Probe::start(up, addr, conf.lookup_commands.clone(), Expect::MasterAddr) {
+                // `rediss://`: TLS to the sentinels too, checked against the host written.
+                let tls = up.tls.as_ref().and_then(|t| t.for_host(&s.host));
+                let commands = conf.lookup_commands.clone();
+                match Probe::start(up, addr, tls, commands, Expect::MasterAddr) {
                     Ok(()) => return,
                     Err(why) => {
                         debug!("sessions sentinel: cannot ask sentinel {}: {}", n, why);
@@ -253,7 +266,7 @@ fn run(up: &Upstream, mut action: Action) {
                 }
             }
             Action::Confirm { host, port, from } => {
-                let started = match intern(&host, port) {
+                let started = match intern(up, &host, port, &host) {
                     Some(peer) => confirm(up, peer),
                     None => resolve(up, conf, &host, port, from),
                 };
@@ -286,7 +299,16 @@ fn confirm(up: &Upstream, peer: usize) -> bool {
         s.peers.get_mut(peer).map(|p| peer_address(p))
     });
     let commands = core_sentinel::confirm_commands(&up.setup);
-    addr.is_some_and(|a| Probe::start(up, a, commands, Expect::Master).is_ok())
+    // The probe checks the certificate like the data connections will.
+    let tls = addr.and_then(|a| tls_of(a.tls));
+    addr.is_some_and(|a| Probe::start(up, a, tls, commands, Expect::Master).is_ok())
+}
+
+/// A copy of the TLS peer behind an address.
+fn tls_of(tls: *const TlsPeer) -> Option<TlsPeer> {
+    // SAFETY: a non-null `tls` of an address points into a peer or the upstream, both
+    // alive for the worker's life.
+    unsafe { tls.as_ref() }.cloned()
 }
 
 /// Resolves the host name a sentinel gave with the http `resolver`; [`on_resolved`]
@@ -345,7 +367,7 @@ unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
     // upstream, which lives as long as the cycle; `addrs` holds `naddrs` addresses.
     unsafe {
         let up = &*(*ctx).data.cast::<Upstream>().cast_const();
-        let port = with_state(|s| s.resolving.as_ref().map(|(_, p)| *p)).unwrap_or(0);
+        let (name, port) = with_state(|s| s.resolving.clone()).unwrap_or_default();
         let ip = ((*ctx).state == 0 && (*ctx).naddrs > 0 && !(*ctx).addrs.is_null())
             .then(|| ip_of((*(*ctx).addrs).sockaddr))
             .flatten();
@@ -354,7 +376,8 @@ unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
         }
         ngx_resolve_name_done(ctx);
         with_state(|s| s.resolving = None);
-        let peer = ip.and_then(|ip| intern(&ip.to_string(), port));
+        let name = String::from_utf8_lossy(&name).into_owned();
+        let peer = ip.and_then(|ip| intern(up, &ip.to_string(), port, &name));
         if peer.is_some_and(|p| confirm(up, p)) {
             return;
         }
@@ -471,7 +494,8 @@ unsafe extern "C" fn on_retry(_ev: *mut ngx_event_t) {
 }
 
 /// The index of the peer for `host:port`, added if new; `None` when `host` is not an IP.
-fn intern(host: &str, port: u16) -> Option<usize> {
+/// `tls_name`: the name the master's certificate must carry (what the sentinel gave).
+fn intern(up: &Upstream, host: &str, port: u16, tls_name: &str) -> Option<usize> {
     let ip: std::net::IpAddr = host.parse().ok()?;
     let text = match ip {
         std::net::IpAddr::V4(_) => format!("{ip}:{port}"),
@@ -506,6 +530,7 @@ fn intern(host: &str, port: u16) -> Option<usize> {
             socklen: socklen as socklen_t,
             text: text.into_bytes(),
             name: ngx_str_t { len: 0, data: ptr::null_mut() },
+            tls: up.tls.as_ref().and_then(|t| t.for_host(tls_name)),
         });
         peer.name = ngx_str_t { len: peer.text.len(), data: peer.text.as_mut_ptr() };
         s.peers.push(peer);
@@ -547,6 +572,8 @@ fn probe_done(up: &Upstream, expect: Expect, answer: Answer, peer: String) {
 struct Probe {
     pc: ngx_peer_connection_t,
     upstream: *const Upstream,
+    /// `rediss://`: the TLS handshake comes first.
+    tls: Option<TlsPeer>,
     commands: Vec<Vec<u8>>,
     expect: Expect,
     index: usize,
@@ -560,6 +587,7 @@ impl Probe {
     fn start(
         up: &Upstream,
         addr: Address,
+        tls: Option<TlsPeer>,
         commands: Vec<Vec<u8>>,
         expect: Expect,
     ) -> Result<(), &'static str> {
@@ -567,6 +595,7 @@ impl Probe {
             // SAFETY: all-zero is an unset peer connection.
             pc: unsafe { core::mem::zeroed() },
             upstream: up,
+            tls,
             commands,
             expect,
             index: 0,
@@ -643,6 +672,13 @@ unsafe fn probe_flush(probe: *mut Probe) {
     // SAFETY: the caller's contract; the connection is the probe's own.
     unsafe {
         let c = (*probe).pc.connection;
+        if let Some(peer) = (*probe).tls.as_ref().filter(|_| (*c).ssl.is_null()) {
+            match tls::start(c, &*(*probe).upstream, peer, Some(probe_on_handshake)) {
+                Ok(true) => probe_set_handlers(c),
+                Ok(false) => return,
+                Err(f) => return probe_finish(probe, Answer::Failed(f.as_str().into())),
+            }
+        }
         let Some(send) = (*c).send else {
             probe_finish(probe, Answer::Failed("no send".into()));
             return;
@@ -674,6 +710,35 @@ unsafe fn probe_flush(probe: *mut Probe) {
         if (*(*c).read).ready() != 0 {
             probe_read(probe);
         }
+    }
+}
+
+/// NGINX calls this when a probe's TLS handshake that needed I/O is over (or timed out).
+unsafe extern "C" fn probe_on_handshake(c: *mut ngx_connection_t) {
+    // SAFETY: NGINX calls this with a probe's connection on which `tls::start` began TLS.
+    unsafe {
+        let probe = (*c).data.cast::<Probe>();
+        let up = &*(*probe).upstream;
+        let done = (*probe).tls.as_ref().map_or(Err(Failure::Tls), |p| tls::finish(c, up, p));
+        match done {
+            Ok(()) => {
+                probe_set_handlers(c);
+                probe_flush(probe);
+            }
+            Err(f) => probe_finish(probe, Answer::Failed(f.as_str().into())),
+        }
+    }
+}
+
+/// The probe's handlers back on its events (the TLS handshake borrowed them).
+///
+/// # Safety
+/// `c` is a probe's live connection.
+unsafe fn probe_set_handlers(c: *mut ngx_connection_t) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (*(*c).read).handler = Some(probe_on_read);
+        (*(*c).write).handler = Some(probe_on_write);
     }
 }
 
@@ -742,7 +807,7 @@ unsafe fn probe_finish(probe: *mut Probe, answer: Answer) {
             if (*(*c).read).timer_set() != 0 {
                 ngx_del_timer((*c).read);
             }
-            ngx_close_connection(c);
+            tls::close_connection(c);
         }
         with_state(|s| {
             if ptr::eq(s.probe, probe) {
