@@ -298,17 +298,46 @@ fn switchover_readonly_old_master_is_left_and_its_pooled_connections_dropped() {
 fn a_dead_first_sentinel_costs_nothing_but_its_turn() {
     let cluster = Cluster::start();
     let dead = free_port();
-    let mut ng = site_with(&format!("127.0.0.1:{dead} 127.0.0.1:{}", cluster.sentinel_port), "");
+    // A sentinel that does not know the master's name counts as failed too.
+    let dir = TempDir::new("sentinel-unaware");
+    let unaware_port = free_port();
+    let conf = dir.path.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!("port {unaware_port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n", dir.path.display()),
+    )
+    .unwrap();
+    let mut unaware = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start redis-server --sentinel");
+    poll_until("the unaware sentinel listens", Duration::from_secs(10), || {
+        connect(unaware_port, None).is_ok()
+    });
+    let sentinels =
+        format!("127.0.0.1:{dead} 127.0.0.1:{unaware_port} 127.0.0.1:{}", cluster.sentinel_port);
+    let mut ng = site_with(&sentinels, "");
     until_ready(&ng, &cluster.master);
     let before = dbsize(&cluster.master);
     let c = new_session(&ng);
     let r = Req::get("/index.html").sid(&c).send(ng.port);
     assert_eq!(r.st(), "valid", "{r}");
     assert_eq!(dbsize(&cluster.master), before + 1, "the session is not on the master");
-    // A sentinel that does not know the master name is like a dead one.
     let log = ng.error_log();
+    let found = format!("sentinel 127.0.0.1:{} says the Redis master", cluster.sentinel_port);
+    assert!(log.contains(&found), "{log}");
     assert!(log.contains(&format!("is at 127.0.0.1:{}", cluster.master.port)), "{log}");
+    // New workers (a reload) find the master again; the session goes on.
+    ng.reload();
+    until_ready(&ng, &cluster.master);
+    assert_eq!(Req::get("/index.html").sid(&c).send(ng.port).st(), "valid");
     ng.stop();
+    let _ = unaware.kill();
+    let _ = unaware.wait();
 }
 
 /// A DNS server on loopback that answers every `A` question with 127.0.0.1 (and every
