@@ -27,9 +27,10 @@ use ngx::ffi::{
     ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_INFO as NGX_ERROR_INFO,
     ngx_connection_t, ngx_del_timer, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
     ngx_exiting, ngx_handle_read_event, ngx_handle_write_event, ngx_inet_set_port, ngx_int_t,
-    ngx_msec_t, ngx_peer_connection_t, ngx_resolve_name, ngx_resolve_name_done, ngx_resolve_start,
-    ngx_resolver_ctx_t, ngx_resolver_t, ngx_sockaddr_t, ngx_str_t, sockaddr, sockaddr_in,
-    sockaddr_in6, socklen_t, AF_INET, AF_INET6, NGX_AGAIN, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_OK,
+    ngx_msec_int_t, ngx_msec_t, ngx_peer_connection_t, ngx_resolve_name, ngx_resolve_name_done,
+    ngx_resolve_start, ngx_resolver_ctx_t, ngx_resolver_t, ngx_sockaddr_t, ngx_str_t, sockaddr,
+    sockaddr_in, sockaddr_in6, socklen_t, AF_INET, AF_INET6, NGX_AGAIN, NGX_LOG_ERR,
+    NGX_LOG_NOTICE, NGX_OK,
 };
 use ngx::ngx_log_error;
 use sessions_core::sentinel::{self as core_sentinel, Action, Answer, Expect, Lookup, Order};
@@ -113,6 +114,10 @@ struct Discovery {
     failing: bool,
     /// Why the last exchange of the lookup in flight failed, for that log line.
     last_failure: String,
+    /// A lookup confirmed the master we had: failures of it start no new lookup before
+    /// this (`ngx_current_msec` clock), so a master that keeps answering `LOADING` is not
+    /// looked up once per request.
+    quiet_until: ngx_msec_t,
     /// Fires [`RETRY_INTERVAL`] after a failed lookup.
     retry: ngx_event_t,
     upstream: *const Upstream,
@@ -140,6 +145,7 @@ fn with_state<R>(f: impl FnOnce(&mut Discovery) -> R) -> R {
         resolving: None,
         failing: false,
         last_failure: String::new(),
+        quiet_until: 0,
         // SAFETY: all-zero is an unset NGINX event.
         retry: unsafe { core::mem::zeroed() },
         upstream: ptr::null(),
@@ -218,6 +224,10 @@ fn start_lookup(up: &Upstream) {
     }
     let action = with_state(|s| {
         if s.lookup.is_some() || s.retry.timer_set() != 0 {
+            return None;
+        }
+        // The clock's difference read signed, as NGINX's timers do.
+        if s.master.is_some() && (s.quiet_until.wrapping_sub(worker::now()) as ngx_msec_int_t) > 0 {
             return None;
         }
         s.upstream = up;
@@ -424,6 +434,9 @@ fn found(up: &Upstream, conf: &SentinelConf, from: usize) {
         }
         let new = s.candidate.take();
         let old = core::mem::replace(&mut s.master, new);
+        if old == new {
+            s.quiet_until = worker::now().wrapping_add(RETRY_INTERVAL);
+        }
         let text = |i: Option<usize>| {
             i.and_then(|i| s.peers.get(i)).map(|p| String::from_utf8_lossy(&p.text).into_owned())
         };
@@ -446,8 +459,10 @@ fn found(up: &Upstream, conf: &SentinelConf, from: usize) {
             // SAFETY: from a probe's event handler, outside the connection code.
             unsafe { super::conn::close_others(to) };
         }
+        // The new master answered `ROLE`. The same master confirmed again leaves the
+        // breaker to its own retries: `ROLE` works even while it answers `LOADING`.
+        worker::mark_up(up);
     }
-    worker::mark_up(up);
 }
 
 /// No sentinel gave a master that answered as one: try again shortly.
