@@ -10,8 +10,10 @@ S-* against B0c is the module's own cost), B1 module loaded but `sessions off`, 
 `userid on` with a returning uid cookie, S-new / S-ret / S-renew the module with its
 shared-memory store (new session per request / returning cookie / every cookie renewed),
 L0 bare NGINX driven by S-renew's Lua client (what that client costs by itself), R-new /
-R-ret the Redis store (a local redis-server on wrk's core), D-ret / D-set session data
-(3 keys of ~40 B read into a header on every request / a `sessions_set` on every request).
+R-ret the Redis store (a local redis-server on wrk's core), R-ret-tls R-ret over TLS
+(`rediss://` to the same kind of redis-server's --tls-port, certificates made with openssl),
+D-ret / D-set session data (3 keys of ~40 B read into a header on every request / a
+`sessions_set` on every request).
 
 What it does, in order:
   1. starts one NGINX per scenario (same binary, 1 worker pinned to core 0, temp prefix,
@@ -29,6 +31,7 @@ What it does, in order:
 Knobs (environment, for quick trial runs; `make bench` uses the defaults):
   BENCH_DURATION=8  BENCH_WARMUP=3  BENCH_CONNECTIONS=32  BENCH_ROUNDS=3  BENCH_FILL=150000
   BENCH_POOL_ONLY=1  only B0 and the Redis pipelining rows (R-*@32, R-*@256), their table
+  BENCH_TLS_ONLY=1   only B0, R-ret and R-ret-tls (R-ret over TLS), their table
 (3 rounds of 8 s: ~0.5-1.1M requests per run, ~6-7 min for all of `make bench` on 2 cores.)
 """
 
@@ -611,13 +614,16 @@ class ClientRef(Scenario):
 class RedisServer:
     """A redis-server for R-new / R-ret, on the client's core (wrk's), on a free port."""
 
-    def __init__(self, tmp):
+    extra = []
+
+    def __init__(self, tmp, name="redis"):
         self.port = free_port()
-        self.dir = os.path.join(tmp, "redis")
+        self.dir = os.path.join(tmp, name)
         os.makedirs(self.dir, exist_ok=True)
         self.proc = subprocess.Popen(
             ["taskset", "-c", CLIENT_CORE, "redis-server", "--port", str(self.port),
-             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir],
+             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir,
+             *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while time.time() < deadline:
@@ -643,6 +649,32 @@ class RedisServer:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+class TlsRedisServer(RedisServer):
+    """A redis-server with a TLS port (`self.tls_port`) besides its plain one (`self.port`,
+    for INFO), its certificate signed by a CA made here with the openssl CLI."""
+
+    def __init__(self, tmp):
+        d = os.path.join(tmp, "tls")
+        os.makedirs(d, exist_ok=True)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        with open(os.path.join(d, "server.ext"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        for cmd in (["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+                     "-subj", "/CN=bench CA"],
+                    ["req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+                    ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                     "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext"]):
+            p = subprocess.run(["openssl", *cmd], cwd=d, capture_output=True, text=True)
+            if p.returncode != 0:
+                raise BenchError(f"openssl {' '.join(cmd[:2])} failed: {p.stderr}")
+        self.ca = os.path.join(d, "ca.crt")
+        self.tls_port = free_port()
+        self.extra = ["--tls-port", str(self.tls_port), "--tls-cert-file", os.path.join(d, "server.crt"),
+                      "--tls-key-file", os.path.join(d, "server.key"), "--tls-ca-cert-file", self.ca,
+                      "--tls-auth-clients", "no"]
+        super().__init__(tmp, "redis-tls")
 
 
 class WithRedis:
@@ -806,6 +838,53 @@ def pool_scenarios(redis):
             s.clients = n
             out.append(s)
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# R-ret over TLS (issue 10): `rediss://` to redis-server's --tls-port, verification on
+# against the bench's CA, the same pool size as R-ret; handshakes per request = Redis
+# connections opened per request (each new connection is one handshake).
+# ---------------------------------------------------------------------------------------
+
+
+class TlsRedisRet(PoolRedis, RedisRet):
+    pass
+
+
+def tls_scenarios(tls_redis):
+    TlsRedisRet.redis = tls_redis
+    http = (SESSIONS_HTTP + "\n" + LONG_TIMEOUTS
+            + f"\n    sessions_redis rediss://127.0.0.1:{tls_redis.tls_port};"
+            + "\n    sessions_redis_ssl_verify on;"
+            + f"\n    sessions_redis_ssl_trusted_certificate {tls_redis.ca};"
+            + f"\n    sessions_redis_keepalive {CONNECTIONS};")
+    return [TlsRedisRet("R-ret-tls", "sessions on, Redis over TLS (verified), returning valid cookie",
+                        dict(module=True, http=http, server="sessions on;"))]
+
+
+def tls_report(scenarios):
+    """R-ret-tls against R-ret: req/s ratio, CPU, handshakes per request."""
+    by = {s.key: s for s in scenarios}
+    tls, plain, b0 = by.get("R-ret-tls"), by.get("R-ret"), by.get("B0")
+    if not (tls and tls.runs):
+        return ""
+    rps = med(tls.runs, "rps")
+    vs_plain = fmt_ratio(rps / med(plain.runs, "rps")) if plain and plain.runs else "–"
+    vs_b0 = fmt_ratio(rps / med(b0.runs, "rps")) if b0 and b0.runs else "–"
+    dcpu = (f"{med(tls.runs, 'cpu_us') - med(plain.runs, 'cpu_us'):+.2f}"
+            if plain and plain.runs else "–")
+    L = ["Redis over TLS: R-ret-tls is R-ret with `rediss://` to redis-server's TLS port "
+         "(verification on, same pool size); handshakes per request = Redis "
+         "`total_connections_received` delta / requests after a 1 s priming run (each new "
+         "connection is one handshake; pooled connections stay TLS, so ~0):", "",
+         "| scenario | req/s | ×R-ret | ×B0 | p99 µs | CPU µs/req | Δ CPU vs R-ret | Redis µs/req "
+         "| handshakes | per request |",
+         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+         f"| **R-ret-tls** | {rps:,.0f} | {vs_plain} | {vs_b0} | {med(tls.runs, 'p99_us'):,.0f} | "
+         f"{med(tls.runs, 'cpu_us'):.2f} | {dcpu} | {med(tls.runs, 'helper_cpu_us'):.2f} | "
+         f"{sum(r['redis_conns'] for r in tls.runs):,} | {med(tls.runs, 'redis_conns_per_req'):.5f} |",
+         ""]
+    return "\n".join(L) + "\n"
 
 
 def pool_report(scenarios):
@@ -1100,6 +1179,7 @@ def report(scenarios, zone, crit, elapsed_s):
     L.append("")
 
     L.append(pool_report(scenarios))
+    L.append(tls_report(scenarios))
 
     # targets
     L.append("Targets (reported, not asserted):")
@@ -1128,6 +1208,9 @@ def report(scenarios, zone, crit, elapsed_s):
     if "R-ret" in by and by["R-ret"].runs:
         x = med(by["R-ret"].runs, "rps") / B0["rps"]
         target("R-ret ≥ 0.50 × B0 req/s", x >= 0.50, f"{x:.2f}")
+    if "R-ret-tls" in by and by["R-ret-tls"].runs and "R-ret" in by and by["R-ret"].runs:
+        x = med(by["R-ret-tls"].runs, "rps") / med(by["R-ret"].runs, "rps")
+        target("R-ret over TLS ≥ 0.9 × R-ret req/s", x >= 0.9, f"{x:.2f}")
     if zone:
         target("≤ 128 bytes of shared memory per session", zone["bytes_high"] <= 128,
                f"{zone['bytes_low']:.1f}–{zone['bytes_high']:.1f} B (measured)")
@@ -1228,15 +1311,29 @@ def main():
         redis = RedisServer(args.tmp)
     else:
         say("redis-server not found: R-new / R-ret skipped")
+    tls_redis = None
+    if redis:
+        try:
+            tls_redis = TlsRedisServer(args.tmp)
+        except (BenchError, OSError) as e:
+            say(f"no redis-server with TLS ({e}): R-ret-tls skipped")
     pool_only = os.environ.get("BENCH_POOL_ONLY") == "1"
-    if pool_only:
+    tls_only = os.environ.get("BENCH_TLS_ONLY") == "1"
+    if tls_only:
+        # A quick look at the TLS row alone (B0 and R-ret for its ratios), no report file.
+        if not tls_redis:
+            raise BenchError("BENCH_TLS_ONLY needs redis-server with TLS")
+        scenarios.append(Bare("B0", "bare NGINX, module not loaded", dict(module=False, verify=False)))
+        scenarios.extend(redis_scenarios(redis)[1:] + tls_scenarios(tls_redis))
+    elif pool_only:
         # A quick look at the pipelining rows alone (B0 for their ratio), no report file.
         if not redis:
             raise BenchError("BENCH_POOL_ONLY needs redis-server")
         scenarios.append(Bare("B0", "bare NGINX, module not loaded", dict(module=False, verify=False)))
         scenarios.extend(pool_scenarios(redis))
     else:
-        scenarios.extend(make_scenarios(best_rate, bare_rate, redis) + (pool_scenarios(redis) if redis else []))
+        scenarios.extend(make_scenarios(best_rate, bare_rate, redis) + (pool_scenarios(redis) if redis else [])
+                         + (tls_scenarios(tls_redis) if tls_redis else []))
     zone = None
     try:
         # B0c after S-ret, whose checks obtain the cookie B0c is sent (sort is stable)
@@ -1267,9 +1364,9 @@ def main():
                     f"other load {r['other_busy']:.0%}{extra}")
         for s in scenarios:
             s.teardown()
-        if pool_only:
+        if pool_only or tls_only:
             print()
-            print(pool_report(scenarios))
+            print(pool_report(scenarios) if pool_only else tls_report(scenarios))
             return
         say(f"zone capacity: filling {FILL_ZONE} with {FILL_REQUESTS:,} new sessions")
         zone = measure_zone(args.tmp)
@@ -1280,6 +1377,8 @@ def main():
             s.teardown()
         if redis:
             redis.stop()
+        if tls_redis:
+            tls_redis.stop()
 
     table = report(scenarios, zone, read_criterion(args.criterion), time.time() - args.started)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

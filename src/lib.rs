@@ -26,7 +26,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(unreachable_pub)]
 
-use sessions_core::{cookie, data, http, redis_flow, redis_url, session, state, table};
+use sessions_core::{cookie, data, http, redis_flow, redis_url, sentinel, session, state, table};
 
 mod access;
 mod conf;
@@ -152,11 +152,22 @@ pub static mut ngx_http_sessions_module: ngx_module_t = ngx_module_t {
     // SAFETY: only the address of the command table is taken.
     commands: unsafe { ptr::addr_of_mut!(conf::COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as ngx_uint_t,
-    init_process: Some(state_file::init_process),
+    init_process: Some(init_process),
     exit_process: Some(exit_process),
     exit_master: Some(state_file::exit_master),
     ..ngx_module_t::default()
 };
+
+/// A worker starts its state file writer and, with Sentinel, looks up the Redis master.
+unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: NGINX passes the live cycle; its configuration lives as long as the worker.
+    if let Some(up) = Module::main_conf(unsafe { &*cycle }).and_then(|m| m.redis_upstream.as_ref())
+    {
+        redis::init_worker(up);
+    }
+    // SAFETY: as above.
+    unsafe { state_file::init_process(cycle) }
+}
 
 /// A worker's Redis connections are closed as it exits, and its state file write
 /// finishes.

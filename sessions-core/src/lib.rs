@@ -9,6 +9,7 @@
 //! - [`metrics`]: per-worker counters and their Prometheus text exposition.
 //! - [`redis_flow`]: the algorithm against Redis, as commands and replies.
 //! - [`redis_url`]: the `sessions_redis` URL.
+//! - [`sentinel`]: finding the Redis master through Sentinel.
 //! - [`state`]: the state file that carries a zone across restarts.
 
 pub mod cookie;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod redis_flow;
 pub mod redis_url;
+pub mod sentinel;
 pub mod session;
 pub mod state;
 pub mod table;

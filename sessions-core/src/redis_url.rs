@@ -1,4 +1,5 @@
-//! `sessions_redis redis://[[user]:password@]host[:port][/db]`, parsed once at config time.
+//! `sessions_redis redis[s]://[[user]:password@]host[:port][/db]`, parsed once at config
+//! time; `rediss://` is Redis over TLS.
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisUrl {
@@ -7,13 +8,19 @@ pub struct RedisUrl {
     pub host: String,
     pub port: u16,
     pub db: u32,
+    /// `rediss://`: TLS to Redis (and to the sentinels).
+    pub tls: bool,
 }
 
 pub const DEFAULT_PORT: u16 = 6379;
 
 /// Parses a Redis URL; the error says what is wrong (never echoing the password).
 pub fn parse(url: &str) -> Result<RedisUrl, &'static str> {
-    let rest = url.strip_prefix("redis://").ok_or("must start with \"redis://\"")?;
+    let (rest, tls) = match (url.strip_prefix("redis://"), url.strip_prefix("rediss://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err("must start with \"redis://\" or \"rediss://\""),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i + 1..]),
         None => (rest, ""),
@@ -60,7 +67,7 @@ pub fn parse(url: &str) -> Result<RedisUrl, &'static str> {
     if [&user, &password].iter().any(|s| s.as_ref().is_some_and(|s| s.bytes().any(|c| c < b' '))) {
         return Err("has control characters in the credentials");
     }
-    Ok(RedisUrl { user, password, host: host.to_string(), port, db })
+    Ok(RedisUrl { user, password, host: host.to_string(), port, db, tls })
 }
 
 fn parse_port(p: &str) -> Result<u16, &'static str> {
@@ -85,6 +92,20 @@ mod tests {
         assert_eq!((u.port, u.db, u.user, u.password.as_deref()), (6380, 3, None, Some("pw")));
         let u = parse("redis://bob:pw@[::1]:7000/").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.user.as_deref()), ("::1", 7000, Some("bob")));
+        assert!(!u.tls);
+    }
+
+    #[test]
+    fn tls_urls() {
+        let u = parse("rediss://:pw@redis.example.com:6380/2").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.db, u.password.as_deref()),
+            (true, "redis.example.com", 6380, 2, Some("pw"))
+        );
+        assert!(parse("rediss://127.0.0.1").is_ok_and(|u| u.tls && u.port == DEFAULT_PORT));
+        for bad in ["redisss://host", "rediss:/host", "REDISS://host", "rediss://"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

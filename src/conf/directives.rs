@@ -26,6 +26,7 @@ use super::zone;
 use super::{Level, LocConf, MainConf, Setting, SrvConf};
 use crate::cookie::{self, SameSite, Secure};
 use crate::redis_url::{self, RedisUrl};
+use crate::sentinel;
 use crate::Module;
 
 /// A configured secret shorter than this gets a `[warn]`.
@@ -50,20 +51,19 @@ pub(super) enum NameSetting {
     Fixed(Vec<u8>),
 }
 
-/// `sessions_redis`: `off`, or a URL resolved at start (like `proxy_pass host:port`).
+/// `sessions_redis`: `off`, or a URL (resolved at start, like `proxy_pass host:port`,
+/// unless Sentinel gives the master).
 #[derive(Clone)]
 pub(super) enum RedisSetting {
     Off,
-    Url(RedisTarget),
+    Url(RedisUrl),
 }
 
-#[derive(Clone)]
-pub(super) struct RedisTarget {
-    pub(super) url: RedisUrl,
-    /// The first resolved address, in the configuration pool.
-    pub(super) sockaddr: *mut sockaddr,
-    pub(super) socklen: socklen_t,
-    pub(super) name: ngx_str_t,
+/// `sessions_redis_sentinel`: the master's name and the sentinels, resolved.
+pub(super) struct SentinelSetting {
+    pub(super) master: String,
+    /// Each as written (`host`, for TLS) and resolved.
+    pub(super) sentinels: Vec<(String, ResolvedAddr)>,
 }
 
 /// What a parser sees of the directive being read.
@@ -166,7 +166,7 @@ const LOC: u32 = NGX_HTTP_LOC_CONF;
 const NOARGS: u32 = NGX_CONF_NOARGS;
 
 /// The module's directives (NGINX reads the table, terminated by an empty entry).
-pub(crate) static mut COMMANDS: [ngx_command_t; 28] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 35] = [
     directive!("sessions", HTTP_ANY, FLAG, LocConf.enabled, parse_sessions),
     directive!("sessions_pass_cookie", HTTP_ANY, FLAG, LocConf.pass_cookie, parse_on_off),
     directive!("sessions_secret", HTTP_SRV, TAKE1, SrvConf.secret, parse_secret),
@@ -186,12 +186,49 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 28] = [
     directive!("sessions_redis", HTTP, TAKE1, MainConf.redis, parse_redis),
     directive!("sessions_redis_timeout", HTTP, TAKE1, MainConf.redis_timeout, parse_msec),
     directive!("sessions_redis_keepalive", HTTP, TAKE1, MainConf.redis_keepalive, parse_keepalive),
+    sentinel_entry(),
+    directive!(
+        "sessions_redis_sentinel_username",
+        HTTP,
+        TAKE1,
+        MainConf.sentinel_username,
+        parse_credential
+    ),
+    directive!(
+        "sessions_redis_sentinel_password",
+        HTTP,
+        TAKE1,
+        MainConf.sentinel_password,
+        parse_credential
+    ),
     directive!(
         "sessions_redis_keepalive_timeout",
         HTTP,
         TAKE1,
         MainConf.redis_keepalive_timeout,
         parse_msec
+    ),
+    directive!("sessions_redis_ssl_verify", HTTP, FLAG, MainConf.redis_ssl_verify, parse_on_off),
+    directive!(
+        "sessions_redis_ssl_trusted_certificate",
+        HTTP,
+        TAKE1,
+        MainConf.redis_ssl_trusted_certificate,
+        parse_pem_file
+    ),
+    directive!(
+        "sessions_redis_ssl_certificate",
+        HTTP,
+        TAKE1,
+        MainConf.redis_ssl_certificate,
+        parse_pem_file
+    ),
+    directive!(
+        "sessions_redis_ssl_certificate_key",
+        HTTP,
+        TAKE1,
+        MainConf.redis_ssl_certificate_key,
+        parse_pem_file
     ),
     directive!("sessions_metrics", LOC, NOARGS, LocConf.metrics, parse_metrics),
     directive!(
@@ -448,6 +485,34 @@ fn parse_keepalive(arg: &mut Arg) -> Result<usize, ConfError> {
     }
 }
 
+/// A PEM file of `sessions_redis_ssl_*`: relative to the configuration prefix (like
+/// `ssl_certificate`), readable now; kept NUL-terminated for NGINX's SSL functions.
+fn parse_pem_file(arg: &mut Arg) -> Result<ngx_str_t, ConfError> {
+    if arg.value.is_empty() {
+        return Err(ConfError::msg(format!("\"{}\" needs a file name", arg.name)));
+    }
+    let pool = arg.cf.pool;
+    // SAFETY: the configuration pool is live; the copy lives as long as the cycle.
+    let Some(mut path) = (unsafe { ngx_str_t::from_bytes(pool, arg.value) }) else {
+        return Err(ConfError::NoMemory);
+    };
+    // SAFETY: a live cycle and a path in its pool; the full name is allocated there too.
+    if unsafe { ngx_conf_full_name(arg.cf.cycle, &mut path, 1) } != NGX_OK as ngx_int_t {
+        return Err(ConfError::NoMemory);
+    }
+    let full = path.as_bytes();
+    let shown = show(full);
+    std::fs::File::open(std::path::Path::new(std::ffi::OsStr::from_bytes(full)))
+        .map_err(|e| ConfError::msg(format!("\"{}\": cannot read \"{shown}\": {e}", arg.name)))?;
+    let terminated = [full, b"\0"].concat();
+    // SAFETY: as above.
+    let Some(mut path) = (unsafe { ngx_str_t::from_bytes(pool, &terminated) }) else {
+        return Err(ConfError::NoMemory);
+    };
+    path.len -= 1;
+    Ok(path)
+}
+
 fn parse_domain(arg: &mut Arg) -> Result<Option<Vec<u8>>, ConfError> {
     let v = arg.value;
     if v == b"off" || v.is_empty() {
@@ -490,16 +555,31 @@ fn parse_redis(arg: &mut Arg) -> Result<RedisSetting, ConfError> {
     };
     let url = redis_url::parse(url).map_err(|e| {
         ConfError::msg(format!(
-            "invalid Redis URL in \"sessions_redis\": it {e} (expected redis://[[user]:password@]host[:port][/db])"
+            "invalid Redis URL in \"sessions_redis\": it {e} (expected redis[s]://[[user]:password@]host[:port][/db])"
         ))
     })?;
-    // Resolved once, at start, like `proxy_pass host:port`.
-    let hostport = if url.host.contains(':') {
-        format!("[{}]:{}", url.host, url.port)
-    } else {
-        format!("{}:{}", url.host, url.port)
-    };
-    let pool = arg.cf.pool;
+    // Resolved once the `http` block is read (`MainConf::init`), unless Sentinel is used.
+    Ok(RedisSetting::Url(url))
+}
+
+/// A resolved address (the first one), in the configuration pool.
+pub(super) struct ResolvedAddr {
+    pub(super) sockaddr: *mut sockaddr,
+    pub(super) socklen: socklen_t,
+    pub(super) name: ngx_str_t,
+}
+
+/// Resolves `host:port` once, at start, like `proxy_pass host:port`; `directive` names
+/// what asked, for the error.
+pub(super) fn resolve(
+    cf: &mut ngx_conf_t,
+    host: &str,
+    port: u16,
+    directive: &str,
+) -> Result<ResolvedAddr, ConfError> {
+    let hostport =
+        if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let pool = cf.pool;
     // SAFETY: the configuration pool is live; the copy lives as long as the cycle.
     let Some(text) = (unsafe { ngx_str_t::from_bytes(pool, hostport.as_bytes()) }) else {
         return Err(ConfError::NoMemory);
@@ -507,7 +587,7 @@ fn parse_redis(arg: &mut Arg) -> Result<RedisSetting, ConfError> {
     // SAFETY: `ngx_url_t` is a C struct for which all-zero is "unset".
     let mut u: ngx::ffi::ngx_url_t = unsafe { core::mem::zeroed() };
     u.url = text;
-    u.default_port = url.port;
+    u.default_port = port;
     // SAFETY: `u` is initialised as `ngx_parse_url` expects; the addresses it resolves are
     // allocated from the configuration pool, as long-lived as the cycle.
     let rc = unsafe { ngx::ffi::ngx_parse_url(pool, &mut u) };
@@ -518,19 +598,96 @@ fn parse_redis(arg: &mut Arg) -> Result<RedisSetting, ConfError> {
             // SAFETY: `err` is a static C string set by `ngx_parse_url`.
             unsafe { core::ffi::CStr::from_ptr(u.err) }.to_string_lossy().into_owned()
         };
-        return Err(ConfError::msg(format!(
-            "\"sessions_redis\": cannot resolve \"{}\": {}",
-            url.host, why
-        )));
+        return Err(ConfError::msg(format!("\"{directive}\": cannot resolve \"{host}\": {why}")));
     }
     // SAFETY: `addrs` holds `naddrs` (> 0) resolved addresses.
     let addr = unsafe { &*u.addrs };
-    Ok(RedisSetting::Url(RedisTarget {
-        url,
-        sockaddr: addr.sockaddr,
-        socklen: addr.socklen,
-        name: addr.name,
-    }))
+    Ok(ResolvedAddr { sockaddr: addr.sockaddr, socklen: addr.socklen, name: addr.name })
+}
+
+/// `sessions_redis_sentinel <master-name> <host[:port]>...`: the sentinels, resolved now.
+fn parse_sentinel(cf: &mut ngx_conf_t, args: &[ngx_str_t]) -> Result<SentinelSetting, ConfError> {
+    const USAGE: &str = "as in \"sessions_redis_sentinel mymaster 10.0.0.1 10.0.0.2:26379\"";
+    let (Some(master), hosts) = (args.get(1), args.get(2..).unwrap_or(&[])) else {
+        return Err(ConfError::msg(format!(
+            "\"sessions_redis_sentinel\" needs the master's name, {USAGE}"
+        )));
+    };
+    let master = master.as_bytes();
+    if master.is_empty() || master.iter().any(|&c| c <= b' ') {
+        return Err(ConfError::msg(format!(
+            "invalid master name \"{}\" in \"sessions_redis_sentinel\"",
+            show(master)
+        )));
+    }
+    if hosts.is_empty() {
+        return Err(ConfError::msg(format!(
+            "\"sessions_redis_sentinel\" needs at least one sentinel host after the master's name, {USAGE}"
+        )));
+    }
+    let mut sentinels = Vec::new();
+    for host in hosts {
+        let text = core::str::from_utf8(host.as_bytes()).unwrap_or("");
+        let (h, port) = sentinel::parse_host_port(text).map_err(|e| {
+            ConfError::msg(format!(
+                "invalid sentinel \"{}\" in \"sessions_redis_sentinel\": it {e} (expected host[:port])",
+                show(host.as_bytes())
+            ))
+        })?;
+        let addr = resolve(cf, &h, port, "sessions_redis_sentinel")?;
+        sentinels.push((h, addr));
+    }
+    Ok(SentinelSetting { master: show(master), sentinels })
+}
+
+/// `sessions_redis_sentinel` takes several arguments: its own handler (the generic [`set`]
+/// reads one).
+const fn sentinel_entry() -> ngx_command_t {
+    ngx_command_t {
+        name: ngx_string!("sessions_redis_sentinel"),
+        type_: (HTTP | NGX_CONF_1MORE) as ngx_uint_t,
+        set: Some(set_sentinel),
+        conf: ngx::ffi::NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
+/// # Safety
+/// Called by NGINX with a live `cf` and `conf` our main configuration (the entry's `conf`
+/// offset).
+unsafe extern "C" fn set_sentinel(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: the function's contract.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<MainConf>()) };
+    if conf.sentinel.is_some() {
+        return Located::from(ConfError::Duplicate).report(cf);
+    }
+    // SAFETY: while a directive is handled, `cf.args` holds its name and arguments, which
+    // live in the configuration pool.
+    let args = unsafe { cf.args.as_ref().map(|a| a.as_slice::<ngx_str_t>()).unwrap_or(&[]) };
+    let origin = super::Origin::here(cf);
+    match parse_sentinel(cf, args) {
+        Ok(value) => {
+            conf.sentinel = Some(Setting { value, origin });
+            NGX_CONF_OK
+        }
+        Err(e) => Located::from(e).report(cf),
+    }
+}
+
+/// A credential for the sentinels: no control characters.
+fn parse_credential(arg: &mut Arg) -> Result<String, ConfError> {
+    match core::str::from_utf8(arg.value) {
+        Ok(s) if !s.is_empty() && !s.bytes().any(|c| c < b' ') => Ok(s.to_string()),
+        _ => Err(ConfError::msg(format!(
+            "\"{}\" must be non-empty text without control characters",
+            arg.name
+        ))),
+    }
 }
 
 /// `sessions_metrics`: the location's content handler answers with the metrics.

@@ -24,18 +24,19 @@ use ngx::ffi::{
     NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF_OFFSET,
 };
 use ngx::http::{
-    HttpModuleMainConf, HttpModuleServerConf, Merge, MergeConfigError, NgxHttpCoreModule,
+    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, Merge, MergeConfigError,
+    NgxHttpCoreModule,
 };
 
 use crate::cookie::{self, CookieAttrs, SameSite, Secure, Signer};
-use crate::redis::Upstream;
+use crate::redis::{self, SentinelAddr, SentinelConf, TlsOptions, TlsPeer, Upstream};
 use crate::redis_flow;
 use crate::session::Policy;
 use crate::shm::SharedZone;
 use crate::Module;
 
 pub(crate) use directives::COMMANDS;
-use directives::{NameSetting, RedisSetting, SecretFileSetting, SecretSetting};
+use directives::{NameSetting, RedisSetting, SecretFileSetting, SecretSetting, SentinelSetting};
 use error::{ConfError, Located};
 use zone::ZoneSpec;
 
@@ -88,6 +89,15 @@ pub(crate) struct MainConf {
     redis_timeout: Option<Setting<ngx_msec_t>>,
     redis_keepalive: Option<Setting<usize>>,
     redis_keepalive_timeout: Option<Setting<ngx_msec_t>>,
+    /// `sessions_redis_sentinel` and the credentials for the sentinels.
+    sentinel: Option<Setting<SentinelSetting>>,
+    sentinel_username: Option<Setting<String>>,
+    sentinel_password: Option<Setting<String>>,
+    redis_ssl_verify: Option<Setting<bool>>,
+    /// PEM files: full paths, NUL-terminated, in the configuration pool.
+    redis_ssl_trusted_certificate: Option<Setting<ngx_str_t>>,
+    redis_ssl_certificate: Option<Setting<ngx_str_t>>,
+    redis_ssl_certificate_key: Option<Setting<ngx_str_t>>,
     /// The resolved Redis store, when `sessions_redis` is set.
     pub(crate) redis_upstream: Option<Upstream>,
     state_interval: Option<Setting<ngx_msec_t>>,
@@ -204,26 +214,142 @@ impl MainConf {
     /// store.
     fn init(&mut self, cf: &mut ngx_conf_t) -> Result<(), Located> {
         zone::declare(cf, self)?;
-        if let Some(Setting { value: RedisSetting::Url(target), .. }) = &self.redis {
-            let url = &target.url;
-            self.redis_upstream = Some(Upstream {
-                sockaddr: target.sockaddr,
-                socklen: target.socklen,
-                name: target.name,
-                setup: redis_flow::setup_commands(
-                    url.user.as_deref(),
-                    url.password.as_deref(),
-                    url.db,
-                ),
-                timeout: value_or(&self.redis_timeout, DEFAULT_REDIS_TIMEOUT),
-                keepalive: value_or(&self.redis_keepalive, DEFAULT_REDIS_KEEPALIVE),
-                keepalive_timeout: value_or(
-                    &self.redis_keepalive_timeout,
-                    DEFAULT_REDIS_KEEPALIVE_TIMEOUT,
-                ),
-            });
+        let sentinel = self.sentinel_conf(cf)?;
+        let over_tls =
+            matches!(&self.redis, Some(Setting { value: RedisSetting::Url(t), .. }) if t.tls);
+        if let Some(origin) = self.first_tls_origin().filter(|_| !over_tls) {
+            ngx::ngx_conf_log_error!(
+                ngx::ffi::NGX_LOG_WARN,
+                cf,
+                "\"sessions_redis_ssl_*\" (line {}) has no effect without a \"rediss://\" URL in \"sessions_redis\"",
+                origin.line
+            );
         }
+        let Some(Setting { value: RedisSetting::Url(url), origin }) = &self.redis else {
+            if let Some(s) = &self.sentinel {
+                return Err(ConfError::msg(
+                    "\"sessions_redis_sentinel\" needs \"sessions_redis\" (its scheme, credentials and database apply to the master)",
+                )
+                .at(s.origin));
+            }
+            return Ok(());
+        };
+        let (sockaddr, socklen, name) = match &sentinel {
+            // Sentinel gives the master's address: the URL's host and port are unused.
+            Some(conf) => {
+                let text = format!("master \"{}\" (Sentinel)", conf.master);
+                // SAFETY: the configuration pool is live; the copy lives as long as the cycle.
+                let name = unsafe { ngx_str_t::from_bytes(cf.pool, text.as_bytes()) }
+                    .ok_or(ConfError::NoMemory)?;
+                (ptr::null_mut(), 0, name)
+            }
+            None => {
+                let addr = directives::resolve(cf, &url.host, url.port, "sessions_redis")
+                    .map_err(|e| e.at(*origin))?;
+                (addr.sockaddr, addr.socklen, addr.name)
+            }
+        };
+        let tls = if url.tls { Some(self.tls_peer(cf, &url.host)?) } else { None };
+        self.redis_upstream = Some(Upstream {
+            sockaddr,
+            socklen,
+            name,
+            setup: redis_flow::setup_commands(url.user.as_deref(), url.password.as_deref(), url.db),
+            timeout: value_or(&self.redis_timeout, DEFAULT_REDIS_TIMEOUT),
+            keepalive: value_or(&self.redis_keepalive, DEFAULT_REDIS_KEEPALIVE),
+            keepalive_timeout: value_or(
+                &self.redis_keepalive_timeout,
+                DEFAULT_REDIS_KEEPALIVE_TIMEOUT,
+            ),
+            tls,
+            sentinel,
+        });
         Ok(())
+    }
+
+    /// `sessions_redis_sentinel` with its credentials, checked, and the http-level
+    /// `resolver` (set by then if written at the http level; NGINX's default one, made
+    /// later when merging, has no name servers anyway).
+    fn sentinel_conf(&self, cf: &ngx_conf_t) -> Result<Option<SentinelConf>, Located> {
+        let (user, password) = (&self.sentinel_username, &self.sentinel_password);
+        let Some(Setting { value, .. }) = &self.sentinel else {
+            if let Some(orphan) =
+                user.as_ref().map(|s| s.origin).or(password.as_ref().map(|s| s.origin))
+            {
+                return Err(ConfError::msg(
+                    "\"sessions_redis_sentinel_username\" and \"sessions_redis_sentinel_password\" need \"sessions_redis_sentinel\"",
+                )
+                .at(orphan));
+            }
+            return Ok(None);
+        };
+        if let (Some(u), None) = (user, password) {
+            return Err(ConfError::msg(
+                "\"sessions_redis_sentinel_username\" needs \"sessions_redis_sentinel_password\"",
+            )
+            .at(u.origin));
+        }
+        let sentinels = value
+            .sentinels
+            .iter()
+            .map(|(host, a)| SentinelAddr {
+                host: host.clone(),
+                sockaddr: a.sockaddr,
+                socklen: a.socklen,
+                name: a.name,
+            })
+            .collect();
+        Ok(Some(SentinelConf {
+            master: value.master.clone(),
+            sentinels,
+            lookup_commands: crate::sentinel::lookup_commands(
+                user.as_ref().map(|u| u.value.as_str()),
+                password.as_ref().map(|p| p.value.as_str()),
+                &value.master,
+            ),
+            resolver: NgxHttpCoreModule::location_conf(cf).map_or(ptr::null_mut(), |c| c.resolver),
+        }))
+    }
+
+    /// `rediss://`: the SSL context from `sessions_redis_ssl_*`, for a server named `host`.
+    fn tls_peer(&self, cf: &mut ngx_conf_t, host: &str) -> Result<TlsPeer, Located> {
+        let certificate = match (&self.redis_ssl_certificate, &self.redis_ssl_certificate_key) {
+            (Some(cert), Some(key)) => Some((cert.value, key.value)),
+            (None, None) => None,
+            (Some(cert), None) => return Err(ConfError::msg(
+                "\"sessions_redis_ssl_certificate\" needs \"sessions_redis_ssl_certificate_key\"",
+            )
+            .at(cert.origin)),
+            (None, Some(key)) => return Err(ConfError::msg(
+                "\"sessions_redis_ssl_certificate_key\" needs \"sessions_redis_ssl_certificate\"",
+            )
+            .at(key.origin)),
+        };
+        let options = TlsOptions {
+            verify: value_or(&self.redis_ssl_verify, false),
+            trusted_certificate: self.redis_ssl_trusted_certificate.map(|s| s.value),
+            certificate,
+        };
+        let at = first_origin([
+            origin(&self.redis_ssl_certificate),
+            origin(&self.redis_ssl_trusted_certificate),
+            origin(&self.redis),
+        ]);
+        let context = redis::create_tls_context(cf, &options)
+            .map_err(|e| ConfError::msg(format!("\"sessions_redis\" over TLS: {e}")).at(at))?;
+        TlsPeer::new(context, host)
+            .ok_or_else(|| ConfError::msg("invalid Redis host for TLS").at(origin(&self.redis)))
+    }
+
+    /// Where the first `sessions_redis_ssl_*` directive was written, if any.
+    fn first_tls_origin(&self) -> Option<Origin> {
+        let written = [
+            self.redis_ssl_verify.map(|s| s.origin),
+            self.redis_ssl_trusted_certificate.map(|s| s.origin),
+            self.redis_ssl_certificate.map(|s| s.origin),
+            self.redis_ssl_certificate_key.map(|s| s.origin),
+        ];
+        written.into_iter().flatten().flatten().min_by_key(|o| o.line)
     }
 }
 

@@ -19,9 +19,11 @@ use ngx::ffi::{
     ngx_close_connection, ngx_connection_log_error_e_NGX_ERROR_ERR as NGX_ERROR_ERR,
     ngx_connection_t, ngx_del_timer, ngx_event_connect_peer, ngx_event_get_peer, ngx_event_t,
     ngx_exiting, ngx_handle_read_event, ngx_handle_write_event, ngx_msec_int_t, ngx_msec_t,
-    ngx_peer_connection_t, NGX_AGAIN, NGX_OK,
+    ngx_peer_connection_t, sockaddr, NGX_AGAIN, NGX_OK,
 };
 
+use super::sentinel::{self, Address};
+use super::tls;
 use super::worker::{self, cycle_log};
 use super::{Failure, Upstream, Waiter};
 use crate::redis_flow::{parse_reply_len, Parsed, Reply};
@@ -72,6 +74,9 @@ pub(super) struct Conn {
     connecting: bool,
     /// No reply has come on it yet: a failure is a failure to connect.
     fresh: bool,
+    /// `rediss://`: the peer whose certificate is checked (the upstream's, or with
+    /// Sentinel the master's); null for plain TCP.
+    tls: *const tls::TlsPeer,
 }
 
 impl Conn {
@@ -107,12 +112,12 @@ unsafe fn arm(ev: *mut ngx_event_t, ms: ngx_msec_t) {
     }
 }
 
-/// Opens a new connection (the TCP handshake may still be in progress), listed in the
-/// worker's pool, with the setup commands queued.
+/// Opens a new connection to `to` (the TCP handshake may still be in progress), listed in
+/// the worker's pool, with the setup commands queued.
 ///
 /// # Safety
-/// `upstream` lives as long as the cycle.
-pub(super) unsafe fn connect(upstream: &Upstream) -> Result<*mut Conn, Failure> {
+/// `upstream` lives as long as the cycle, `to` as long as the connection.
+pub(super) unsafe fn connect(upstream: &Upstream, to: Address) -> Result<*mut Conn, Failure> {
     debug!("sessions redis: connecting to {}", upstream.name());
     let conn = Box::into_raw(Box::new(Conn {
         // SAFETY: `ngx_peer_connection_t` is a C struct for which all-zero is "unset".
@@ -124,13 +129,14 @@ pub(super) unsafe fn connect(upstream: &Upstream) -> Result<*mut Conn, Failure> 
         pending: VecDeque::new(),
         connecting: false,
         fresh: true,
+        tls: to.tls,
     }));
     // SAFETY: `conn` was just allocated; the address and name live in the configuration.
     unsafe {
         let pc = &mut (*conn).pc;
-        pc.sockaddr = upstream.sockaddr;
-        pc.socklen = upstream.socklen;
-        pc.name = ptr::addr_of!(upstream.name).cast_mut();
+        pc.sockaddr = to.sockaddr;
+        pc.socklen = to.socklen;
+        pc.name = to.name;
         pc.get = Some(ngx_event_get_peer);
         pc.log = cycle_log();
         pc.set_log_error(NGX_ERROR_ERR);
@@ -259,6 +265,15 @@ unsafe fn flush(conn: *mut Conn) {
     // SAFETY: the caller's contract; `c` is the connection's live NGINX connection.
     unsafe {
         let c = (*conn).pc.connection;
+        // `rediss://`: the TLS handshake comes first, then everything goes on as before
+        // (`c.send` / `c.recv` are NGINX's SSL ones after it).
+        if let Some(peer) = (*conn).tls.as_ref().filter(|_| (*c).ssl.is_null()) {
+            match tls::start(c, &*(*conn).upstream, peer, Some(on_handshake)) {
+                Ok(true) => set_handlers(c),
+                Ok(false) => return,
+                Err(f) => return fail(conn, f),
+            }
+        }
         let Some(send) = (*c).send else {
             fail(conn, Failure::Closed);
             return;
@@ -283,6 +298,34 @@ unsafe fn flush(conn: *mut Conn) {
         if ngx_handle_read_event((*c).read, 0) != NGX_OK as isize {
             fail(conn, Failure::Closed);
         }
+    }
+}
+
+/// NGINX calls this when a TLS handshake that needed I/O is over (or timed out).
+unsafe extern "C" fn on_handshake(c: *mut ngx_connection_t) {
+    // SAFETY: NGINX calls this with a connection of ours on which `tls::start` began TLS.
+    unsafe {
+        let conn = (*c).data.cast::<Conn>();
+        let up = &*(*conn).upstream;
+        match (*conn).tls.as_ref().map_or(Err(Failure::Tls), |peer| tls::finish(c, up, peer)) {
+            Ok(()) => {
+                set_handlers(c);
+                flush(conn);
+            }
+            Err(f) => fail(conn, f),
+        }
+    }
+}
+
+/// Our handlers back on a connection's events (the TLS handshake borrowed them).
+///
+/// # Safety
+/// `c` is a live connection of ours.
+unsafe fn set_handlers(c: *mut ngx_connection_t) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (*(*c).read).handler = Some(on_read);
+        (*(*c).write).handler = Some(on_write);
     }
 }
 
@@ -470,7 +513,10 @@ unsafe fn on_reply(conn: *mut Conn, reply: Reply) -> bool {
         // Errors that say Redis cannot serve anyone (auth, read-only replica, out of
         // memory, loading) open the breaker like a dead connection.
         match &reply {
-            Reply::Error(e) if is_server_failure(e) => worker::mark_down(up, e),
+            Reply::Error(e) if is_server_failure(e) => {
+                worker::mark_down(up, e);
+                sentinel::error_reply(up, (*conn).pc.sockaddr, e);
+            }
             _ => worker::mark_up(up),
         }
         if !slot.waiter.is_null() {
@@ -506,7 +552,7 @@ unsafe fn fail(conn: *mut Conn, f: Failure) {
                 }
                 let target = match fresh {
                     Some(target) => target,
-                    None => match connect(upstream) {
+                    None => match sentinel::target(upstream).and_then(|to| connect(upstream, to)) {
                         Ok(target) => *fresh.insert(target),
                         Err(_) => break,
                     },
@@ -518,6 +564,9 @@ unsafe fn fail(conn: *mut Conn, f: Failure) {
         if f != Failure::Protocol && (*conn).pending.iter().any(|s| !s.waiter.is_null()) {
             worker::mark_down(upstream, f.as_str());
         }
+        if matches!(f, Failure::Connect | Failure::Closed | Failure::Timeout) {
+            sentinel::connection_failed(upstream, (*conn).pc.sockaddr);
+        }
         while let Some(slot) = (*conn).pending.pop_front() {
             if !slot.waiter.is_null() {
                 crate::metrics::with_worker(|w| w.redis_error());
@@ -525,6 +574,21 @@ unsafe fn fail(conn: *mut Conn, f: Failure) {
             }
         }
         drop(Box::from_raw(conn));
+    }
+}
+
+/// Closes every connection that does not go to `to` (Sentinel moved the master): their
+/// commands are retried on a fresh connection (to `to`) or fail as closed.
+///
+/// # Safety
+/// Called from an event handler, not from inside this module.
+pub(super) unsafe fn close_others(to: *const sockaddr) {
+    // SAFETY: listed connections are live; `fail` unlists each one, and the connections
+    // it opens go to `to`, so the loop ends.
+    unsafe {
+        while let Some(conn) = worker::find_conn(|c| !ptr::eq((*c).pc.sockaddr, to)) {
+            fail(conn, Failure::Closed);
+        }
     }
 }
 
@@ -551,7 +615,7 @@ unsafe fn close_socket(conn: *mut Conn) {
     unsafe {
         let c = (*conn).pc.connection;
         if !c.is_null() {
-            ngx_close_connection(c);
+            tls::close_connection(c);
             (*conn).pc.connection = ptr::null_mut();
         }
     }

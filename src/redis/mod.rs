@@ -7,12 +7,16 @@
 //! - this file: what callers use: [`Upstream`] (resolved at configuration time),
 //!   [`execute`], [`Waiter`] and [`Failure`];
 //! - `conn.rs`: one connection: its FIFO of pending replies, write, read, retry;
-//! - `worker.rs`: the per-worker state: the pool of connections and the breaker.
+//! - `worker.rs`: the per-worker state: the pool of connections and the breaker;
+//! - `sentinel.rs`: with `sessions_redis_sentinel`, where the master is.
+//! - `tls.rs`: `rediss://`: the SSL context and the handshake after the TCP connect.
 //!
 //! Callers hand over a command with a `Waiter`; the reply (or the failure) comes back
 //! through the waiter's `done`, always from an event handler, never from `execute` itself.
 
 mod conn;
+mod sentinel;
+mod tls;
 mod worker;
 
 use core::ffi::c_void;
@@ -23,11 +27,14 @@ use ngx::ffi::{ngx_msec_int_t, ngx_msec_t, ngx_str_t, sockaddr, socklen_t};
 use crate::redis_flow::Reply;
 use conn::Conn;
 
+pub(crate) use sentinel::{init_worker, SentinelAddr, SentinelConf};
+pub(crate) use tls::{create_context as create_tls_context, TlsOptions, TlsPeer};
 pub(crate) use worker::close_all;
 
 /// Where and how to reach Redis, resolved at configuration time.
 #[derive(Clone)]
 pub(crate) struct Upstream {
+    /// The URL's address; unused (null) with Sentinel.
     pub(crate) sockaddr: *mut sockaddr,
     pub(crate) socklen: socklen_t,
     pub(crate) name: ngx_str_t,
@@ -39,6 +46,10 @@ pub(crate) struct Upstream {
     pub(crate) keepalive: usize,
     /// An idle pooled connection is closed after this long.
     pub(crate) keepalive_timeout: ngx_msec_t,
+    /// `sessions_redis_sentinel`: the master is found through these sentinels.
+    pub(crate) sentinel: Option<SentinelConf>,
+    /// `rediss://`: TLS on every connection, the certificate checked against this peer.
+    pub(crate) tls: Option<TlsPeer>,
 }
 
 impl Upstream {
@@ -63,6 +74,8 @@ pub(crate) enum Failure {
     Protocol,
     /// `AUTH` or `SELECT` was refused.
     Setup,
+    /// The TLS handshake failed or the server's certificate was refused.
+    Tls,
 }
 
 impl Failure {
@@ -74,6 +87,7 @@ impl Failure {
             Failure::Closed => "connection closed",
             Failure::Protocol => "protocol error",
             Failure::Setup => "AUTH or SELECT refused",
+            Failure::Tls => "TLS handshake failed",
         }
     }
 }
@@ -165,14 +179,18 @@ pub(crate) unsafe fn execute(
         crate::metrics::with_worker(|w| w.redis_error());
         return Err(Failure::Timeout);
     };
+    // Every listed connection goes there (Sentinel closes the others when the master moves).
+    let target = sentinel::target(upstream)?;
     // SAFETY: the caller's contract on `upstream` and `waiter`; pooled connections are
     // live while listed.
     unsafe {
         let conn = match worker::pick(upstream.keepalive.max(1)) {
             Some(conn) => conn,
-            None => conn::connect(upstream).inspect_err(|&f| {
+            None => conn::connect(upstream, target).inspect_err(|&f| {
                 worker::mark_down(upstream, f.as_str());
                 crate::metrics::with_worker(|w| w.redis_error());
+                // Refused at once (no handshake pending): the master may have moved.
+                sentinel::connection_failed(upstream, target.sockaddr);
             })?,
         };
         conn::enqueue(conn, command, waiter, deadline);

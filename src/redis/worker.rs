@@ -74,6 +74,11 @@ pub(super) fn pick(limit: usize) -> Option<*mut Conn> {
     })
 }
 
+/// The first listed connection for which `pred` holds (`pred` only reads the connection).
+pub(super) fn find_conn(pred: impl Fn(*mut Conn) -> bool) -> Option<*mut Conn> {
+    with_worker(|w| w.conns.iter().copied().find(|&c| pred(c)))
+}
+
 /// Lists a new connection.
 pub(super) fn add_conn(conn: *mut Conn) {
     with_worker(|w| w.conns.push(conn));
