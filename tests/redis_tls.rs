@@ -302,20 +302,30 @@ fn concurrent_clients_share_pipelined_tls_connections() {
 fn tls_without_keepalive_resumes_sessions() {
     let Some(pki) = pki_or_skip() else { return };
     let r = tls_redis(&pki, false, "server");
-    // keepalive 0: every command is a new connection and a handshake (resumed after the
-    // first one of each worker)
-    let ng = site_on(
-        &format!("rediss://127.0.0.1:{}", r.tls_port),
-        &format!(
-            "sessions_redis_keepalive 0;\n    sessions_redis_ssl_verify on;\n    \
-             sessions_redis_ssl_trusted_certificate {};",
-            pki.p("ca.crt")
-        ),
-    );
+    // keepalive 0: every command is a new connection and a handshake, resumed after the
+    // first one of each worker (the module's [info] line says which)
+    let http = default_http(&format!(
+        "sessions_redis rediss://127.0.0.1:{};\n    sessions_redis_keepalive 0;\n    \
+         sessions_redis_ssl_verify on;\n    sessions_redis_ssl_trusted_certificate {};",
+        r.tls_port,
+        pki.p("ca.crt")
+    ));
+    let ng = Nginx::start(&site(&http, ""));
     for _ in 0..5 {
         assert_sessions_work(&ng);
     }
+    let log = ng.error_log();
+    let full = count(&log, "TLS handshake with Redis done (TLSv1.3, new session)");
+    let resumed = count(&log, "TLS handshake with Redis done (TLSv1.3, session resumed)");
+    eprintln!("keepalive 0 over TLS: {full} full handshakes, {resumed} resumed");
+    assert!(full + resumed >= 20, "a handshake per command: {full} + {resumed}");
+    // one full handshake per worker; a second one may race the first's ticket
+    assert!(full <= 2 * ng.workers, "{full} full handshakes, {resumed} resumed");
     ng.check_logs();
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
 }
 
 #[test]

@@ -30,7 +30,7 @@ use ngx::ffi::{
     ngx_ssl_handshake, ngx_ssl_set_session, ngx_ssl_shutdown, ngx_ssl_t,
     ngx_ssl_trusted_certificate, ngx_str_t, ngx_tcp_nodelay, ngx_uint_t, NGX_SSL_TLSv1_2,
     NGX_SSL_TLSv1_3, SSL_CTX_ctrl, SSL_CTX_set_default_verify_paths, SSL_SESSION_free, SSL_ctrl,
-    SSL_get1_peer_certificate, SSL_get_verify_result, SSL_session_reused,
+    SSL_get1_peer_certificate, SSL_get_verify_result, SSL_get_version, SSL_session_reused,
     TLSEXT_NAMETYPE_host_name, X509_check_ip_asc, X509_free, X509_verify_cert_error_string,
     NGX_AGAIN, NGX_OK, NGX_SSL_CLIENT, SOL_SOCKET, SO_ERROR, SSL_CTRL_MODE,
     SSL_CTRL_SET_TLSEXT_HOSTNAME, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, SSL_SESSION, X509_V_OK,
@@ -364,11 +364,14 @@ pub(super) unsafe fn finish(
             return Err(if timed_out { Failure::Timeout } else { Failure::Tls });
         }
         let sc = (*(*c).ssl).connection;
-        ngx::ngx_log_debug!(
-            mask: ngx::log::DebugMask::Http,
+        // One [info] line per new connection (pooled connections make them rare): whether
+        // the worker's saved session spared a full handshake.
+        ngx::ngx_log_error!(
+            ngx::ffi::NGX_LOG_INFO,
             (*c).log,
-            "sessions redis: TLS handshake done, session reused: {}",
-            SSL_session_reused(sc)
+            "sessions: TLS handshake with Redis done ({}, {})",
+            CStr::from_ptr(SSL_get_version(sc)).to_string_lossy(),
+            if SSL_session_reused(sc) == 1 { "session resumed" } else { "new session" }
         );
         if !peer.context().verify {
             return Ok(());
