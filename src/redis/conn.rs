@@ -394,6 +394,12 @@ unsafe fn read_replies(conn: *mut Conn) {
                 if n > 0 {
                     // SAFETY: `recv` initialised `n` bytes of the spare capacity.
                     input.set_len(input.len() + n as usize);
+                    // `recv` found the socket drained (NGINX's SSL read after its own
+                    // EAGAIN; a short plain read with EPOLLRDHUP): asking again would cost
+                    // one more syscall just to hear EAGAIN.
+                    if (*(*c).read).ready() == 0 {
+                        break;
+                    }
                     continue;
                 }
                 if n != NGX_AGAIN as isize {
