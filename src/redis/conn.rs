@@ -263,7 +263,8 @@ unsafe fn flush(conn: *mut Conn) {
         // `rediss://`: the TLS handshake comes first, then everything goes on as before
         // (`c.send` / `c.recv` are NGINX's SSL ones after it).
         if let Some(peer) = (*(*conn).upstream).tls.as_ref().filter(|_| (*c).ssl.is_null()) {
-            match tls::start(c, &*(*conn).upstream, peer, Some(on_handshake)) {
+            let address = *(*conn).pc.name;
+            match tls::start(c, &*(*conn).upstream, peer, address, Some(on_handshake)) {
                 Ok(true) => set_handlers(c),
                 Ok(false) => return,
                 Err(f) => return fail(conn, f),

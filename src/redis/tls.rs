@@ -285,15 +285,19 @@ unsafe fn test_connect(c: *mut ngx_connection_t) -> Result<(), Failure> {
 /// case NGINX calls `resume(c)` when it is over (or the read event's timer fired), and
 /// `resume` calls [`finish`].
 ///
+/// `address` is the text of the address connected to (the session key and the log's
+/// "redis: ..."); `peer` the name the certificate must carry.
+///
 /// # Safety
-/// `c` is a live connection to `up` without TLS; `up` outlives it.
+/// `c` is a live connection to `up` without TLS; `up` and `address` outlive it.
 pub(super) unsafe fn start(
     c: *mut ngx_connection_t,
     up: &Upstream,
     peer: &TlsPeer,
+    address: ngx_str_t,
     resume: ngx_connection_handler_pt,
 ) -> Result<bool, Failure> {
-    let peer_name = up.name;
+    let peer_name = address;
     // SAFETY: the caller's contract; everything allocated here lives in the connection's
     // own pool, destroyed by `close_connection`.
     unsafe {
