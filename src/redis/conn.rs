@@ -262,7 +262,7 @@ unsafe fn flush(conn: *mut Conn) {
         let c = (*conn).pc.connection;
         // `rediss://`: the TLS handshake comes first, then everything goes on as before
         // (`c.send` / `c.recv` are NGINX's SSL ones after it).
-        if let Some(peer) = (*(*conn).upstream).tls.as_ref().filter(|_| (*c).ssl.is_null()) {
+        if let Some(peer) = (*(*conn).upstream).tls.as_ref().filter(|_| !tls::is_on(c)) {
             let address = *(*conn).pc.name;
             match tls::start(c, &*(*conn).upstream, peer, address, Some(on_handshake)) {
                 Ok(true) => set_handlers(c),

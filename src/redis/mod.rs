@@ -14,6 +14,11 @@
 //! through the waiter's `done`, always from an event handler, never from `execute` itself.
 
 mod conn;
+#[cfg(ngx_feature = "ssl")]
+mod tls;
+// An NGINX without SSL: `rediss://` fails `nginx -t`.
+#[cfg(not(ngx_feature = "ssl"))]
+#[path = "tls_off.rs"]
 mod tls;
 mod worker;
 

@@ -416,6 +416,15 @@ pub(super) unsafe fn finish(
     }
 }
 
+/// Whether TLS is on for `c` (the handshake started).
+///
+/// # Safety
+/// `c` is a live connection.
+pub(super) unsafe fn is_on(c: *mut ngx_connection_t) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe { !(*c).ssl.is_null() }
+}
+
 /// Closes a connection of ours, TLS or not: the SSL object is freed without waiting for the
 /// server's close_notify (nothing more is read from it), then the connection's pool.
 ///
