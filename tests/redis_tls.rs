@@ -2,8 +2,10 @@
 //! port stays open for the test's own client), with certificates the test makes with the
 //! `openssl` CLI: TLS without verification, verification against the right CA (by IP and
 //! by name) and a wrong one, a certificate for another name, `tls-auth-clients yes` with
-//! and without a client certificate, a peer that never finishes the handshake, a plain
-//! port behind `rediss://`, and the configuration errors at `nginx -t`.
+//! and without a client certificate, pooling, pipelining and session resumption over TLS,
+//! a Redis restart and an NGINX reload, a peer that never finishes the handshake, a plain
+//! port behind `rediss://`, the ready `nginx-conf/cluster-tls.conf`, and the configuration
+//! errors at `nginx -t`.
 
 mod common;
 
@@ -300,20 +302,30 @@ fn concurrent_clients_share_pipelined_tls_connections() {
 fn tls_without_keepalive_resumes_sessions() {
     let Some(pki) = pki_or_skip() else { return };
     let r = tls_redis(&pki, false, "server");
-    // keepalive 0: every command is a new connection and a handshake (resumed after the
-    // first one of each worker)
-    let ng = site_on(
-        &format!("rediss://127.0.0.1:{}", r.tls_port),
-        &format!(
-            "sessions_redis_keepalive 0;\n    sessions_redis_ssl_verify on;\n    \
-             sessions_redis_ssl_trusted_certificate {};",
-            pki.p("ca.crt")
-        ),
-    );
+    // keepalive 0: every command is a new connection and a handshake, resumed after the
+    // first one of each worker (the module's [info] line says which)
+    let http = default_http(&format!(
+        "sessions_redis rediss://127.0.0.1:{};\n    sessions_redis_keepalive 0;\n    \
+         sessions_redis_ssl_verify on;\n    sessions_redis_ssl_trusted_certificate {};",
+        r.tls_port,
+        pki.p("ca.crt")
+    ));
+    let ng = Nginx::start(&site(&http, ""));
     for _ in 0..5 {
         assert_sessions_work(&ng);
     }
+    let log = ng.error_log();
+    let full = count(&log, "TLS handshake with Redis done (TLSv1.3, new session)");
+    let resumed = count(&log, "TLS handshake with Redis done (TLSv1.3, session resumed)");
+    eprintln!("keepalive 0 over TLS: {full} full handshakes, {resumed} resumed");
+    assert!(full + resumed >= 20, "a handshake per command: {full} + {resumed}");
+    // one full handshake per worker; a second one may race the first's ticket
+    assert!(full <= 2 * ng.workers, "{full} full handshakes, {resumed} resumed");
     ng.check_logs();
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
 }
 
 #[test]
@@ -412,6 +424,56 @@ fn client_certificates() {
         ),
     );
     assert_sessions_work(&ng);
+    ng.check_logs();
+}
+
+/// Redis restarted between two requests: the pooled TLS connections are dead, the next
+/// requests go through fresh TLS connections without an `error` (the retry on a fresh
+/// connection includes its handshake).
+#[test]
+fn restart_between_requests_is_invisible_over_tls() {
+    let Some(pki) = pki_or_skip() else { return };
+    let mut r = tls_redis(&pki, false, "server");
+    let ng = site_on(
+        &format!("rediss://127.0.0.1:{}", r.tls_port),
+        &format!(
+            "sessions_redis_ssl_verify on;\n    sessions_redis_ssl_trusted_certificate {};",
+            pki.p("ca.crt")
+        ),
+    );
+    for _ in 0..6 {
+        let resp = Req::get("/index.html").send(ng.port);
+        assert_eq!(resp.st(), "new", "{resp}");
+    }
+    r.redis.restart();
+    for _ in 0..8 {
+        let resp = Req::get("/index.html").send(ng.port);
+        assert_eq!(resp.st(), "new", "a dead pooled TLS connection must be replaced: {resp}");
+    }
+    let log = ng.error_log();
+    assert!(!log.contains(UNAVAILABLE), "{log}");
+    ng.check_logs();
+}
+
+/// A reload makes a new SSL context; the new workers connect with it, the old ones close
+/// their TLS connections as they exit.
+#[test]
+fn reload_keeps_tls_sessions_working() {
+    let Some(pki) = pki_or_skip() else { return };
+    let r = tls_redis(&pki, false, "server");
+    let ng = site_on(
+        &format!("rediss://127.0.0.1:{}", r.tls_port),
+        &format!(
+            "sessions_redis_ssl_verify on;\n    sessions_redis_ssl_trusted_certificate {};",
+            pki.p("ca.crt")
+        ),
+    );
+    let sid = Req::get("/index.html").send(ng.port).sid();
+    ng.reload();
+    for _ in 0..6 {
+        let resp = Req::get("/index.html").sid(&sid).send(ng.port);
+        assert_eq!(resp.st(), "valid", "{resp}\n{}", ng.error_log());
+    }
     ng.check_logs();
 }
 

@@ -267,8 +267,9 @@ unsafe fn flush(conn: *mut Conn) {
         let c = (*conn).pc.connection;
         // `rediss://`: the TLS handshake comes first, then everything goes on as before
         // (`c.send` / `c.recv` are NGINX's SSL ones after it).
-        if let Some(peer) = (*conn).tls.as_ref().filter(|_| (*c).ssl.is_null()) {
-            match tls::start(c, &*(*conn).upstream, peer, Some(on_handshake)) {
+        if let Some(peer) = (*conn).tls.as_ref().filter(|_| !tls::is_on(c)) {
+            let address = *(*conn).pc.name;
+            match tls::start(c, &*(*conn).upstream, peer, address, Some(on_handshake)) {
                 Ok(true) => set_handlers(c),
                 Ok(false) => return,
                 Err(f) => return fail(conn, f),
@@ -399,6 +400,12 @@ unsafe fn read_replies(conn: *mut Conn) {
                 if n > 0 {
                     // SAFETY: `recv` initialised `n` bytes of the spare capacity.
                     input.set_len(input.len() + n as usize);
+                    // `recv` found the socket drained (NGINX's SSL read after its own
+                    // EAGAIN; a short plain read with EPOLLRDHUP): asking again would cost
+                    // one more syscall just to hear EAGAIN.
+                    if (*(*c).read).ready() == 0 {
+                        break;
+                    }
                     continue;
                 }
                 if n != NGX_AGAIN as isize {

@@ -16,6 +16,11 @@
 
 mod conn;
 mod sentinel;
+#[cfg(ngx_feature = "ssl")]
+mod tls;
+// An NGINX without SSL: `rediss://` fails `nginx -t`.
+#[cfg(not(ngx_feature = "ssl"))]
+#[path = "tls_off.rs"]
 mod tls;
 mod worker;
 

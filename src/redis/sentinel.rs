@@ -687,8 +687,9 @@ unsafe fn probe_flush(probe: *mut Probe) {
     // SAFETY: the caller's contract; the connection is the probe's own.
     unsafe {
         let c = (*probe).pc.connection;
-        if let Some(peer) = (*probe).tls.as_ref().filter(|_| (*c).ssl.is_null()) {
-            match tls::start(c, &*(*probe).upstream, peer, Some(probe_on_handshake)) {
+        if let Some(peer) = (*probe).tls.as_ref().filter(|_| !tls::is_on(c)) {
+            let address = *(*probe).pc.name;
+            match tls::start(c, &*(*probe).upstream, peer, address, Some(probe_on_handshake)) {
                 Ok(true) => probe_set_handlers(c),
                 Ok(false) => return,
                 Err(f) => return probe_finish(probe, Answer::Failed(f.as_str().into())),

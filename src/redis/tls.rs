@@ -30,10 +30,11 @@ use ngx::ffi::{
     ngx_ssl_handshake, ngx_ssl_set_session, ngx_ssl_shutdown, ngx_ssl_t,
     ngx_ssl_trusted_certificate, ngx_str_t, ngx_tcp_nodelay, ngx_uint_t, NGX_SSL_TLSv1_2,
     NGX_SSL_TLSv1_3, SSL_CTX_ctrl, SSL_CTX_set_default_verify_paths, SSL_SESSION_free, SSL_ctrl,
-    SSL_get1_peer_certificate, SSL_get_verify_result, SSL_session_reused,
+    SSL_get1_peer_certificate, SSL_get_verify_result, SSL_get_version, SSL_session_reused,
     TLSEXT_NAMETYPE_host_name, X509_check_ip_asc, X509_free, X509_verify_cert_error_string,
-    NGX_AGAIN, NGX_OK, NGX_SSL_CLIENT, SOL_SOCKET, SO_ERROR, SSL_CTRL_MODE,
-    SSL_CTRL_SET_TLSEXT_HOSTNAME, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, SSL_SESSION, X509_V_OK,
+    NGX_AGAIN, NGX_OK, NGX_SSL_CLIENT, SOL_SOCKET, SO_ERROR, SSL_CTRL_CLEAR_MODE, SSL_CTRL_MODE,
+    SSL_CTRL_SET_TLSEXT_HOSTNAME, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, SSL_MODE_RELEASE_BUFFERS,
+    SSL_SESSION, X509_V_OK,
 };
 
 use super::{worker, Failure, Upstream};
@@ -167,6 +168,14 @@ pub(crate) fn create_context(
     let mode = SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER as c_long;
     // SAFETY: `ctx` was just created; `SSL_CTX_set_mode` is this call (a C macro).
     unsafe { SSL_CTX_ctrl(context.ssl.ctx, SSL_CTRL_MODE as c_int, mode, ptr::null_mut()) };
+    // NGINX frees a connection's TLS buffers whenever they are empty (it holds thousands of
+    // mostly idle client connections); a worker's few Redis connections are busy, and
+    // freeing and reallocating ~34 KB per command costs more than keeping it.
+    let release = SSL_MODE_RELEASE_BUFFERS as c_long;
+    // SAFETY: as above (`SSL_CTX_clear_mode`).
+    unsafe {
+        SSL_CTX_ctrl(context.ssl.ctx, SSL_CTRL_CLEAR_MODE as c_int, release, ptr::null_mut())
+    };
     if let Some((mut cert, mut key)) = options.certificate {
         // SAFETY: a live context; the paths are NUL-terminated strings in the pool.
         let rc = unsafe { ngx_ssl_certificate(cf, ssl, &mut cert, &mut key, ptr::null_mut()) };
@@ -275,15 +284,19 @@ unsafe fn test_connect(c: *mut ngx_connection_t) -> Result<(), Failure> {
 /// case NGINX calls `resume(c)` when it is over (or the read event's timer fired), and
 /// `resume` calls [`finish`].
 ///
+/// `address` is the text of the address connected to (the session key and the log's
+/// "redis: ..."); `peer` the name the certificate must carry.
+///
 /// # Safety
-/// `c` is a live connection to `up` without TLS; `up` outlives it.
+/// `c` is a live connection to `up` without TLS; `up` and `address` outlive it.
 pub(super) unsafe fn start(
     c: *mut ngx_connection_t,
     up: &Upstream,
     peer: &TlsPeer,
+    address: ngx_str_t,
     resume: ngx_connection_handler_pt,
 ) -> Result<bool, Failure> {
-    let peer_name = up.name;
+    let peer_name = address;
     // SAFETY: the caller's contract; everything allocated here lives in the connection's
     // own pool, destroyed by `close_connection`.
     unsafe {
@@ -363,11 +376,14 @@ pub(super) unsafe fn finish(
             return Err(if timed_out { Failure::Timeout } else { Failure::Tls });
         }
         let sc = (*(*c).ssl).connection;
-        ngx::ngx_log_debug!(
-            mask: ngx::log::DebugMask::Http,
+        // One [info] line per new connection (pooled connections make them rare): whether
+        // the worker's saved session spared a full handshake.
+        ngx::ngx_log_error!(
+            ngx::ffi::NGX_LOG_INFO,
             (*c).log,
-            "sessions redis: TLS handshake done, session reused: {}",
-            SSL_session_reused(sc)
+            "sessions: TLS handshake with Redis done ({}, {})",
+            CStr::from_ptr(SSL_get_version(sc)).to_string_lossy(),
+            if SSL_session_reused(sc) == 1 { "session resumed" } else { "new session" }
         );
         if !peer.context().verify {
             return Ok(());
@@ -397,6 +413,15 @@ pub(super) unsafe fn finish(
         }
         Ok(())
     }
+}
+
+/// Whether TLS is on for `c` (the handshake started).
+///
+/// # Safety
+/// `c` is a live connection.
+pub(super) unsafe fn is_on(c: *mut ngx_connection_t) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe { !(*c).ssl.is_null() }
 }
 
 /// Closes a connection of ours, TLS or not: the SSL object is freed without waiting for the
