@@ -40,6 +40,8 @@ pub(crate) struct RequestCtx {
     pub(crate) incoming: Incoming,
     /// Which secret verified the cookie: what the Redis path derives successors with.
     pub(crate) verified_by: VerifiedBy,
+    /// The session's data as this request sees it.
+    pub(crate) data: sessions_core::data::Data,
 }
 
 /// Detaches a command in flight and withdraws a posted resume event, so that nothing
@@ -140,6 +142,7 @@ pub(crate) unsafe fn create(
             flow: None,
             incoming: Incoming::Absent,
             verified_by: VerifiedBy::Current,
+            data: sessions_core::data::Data::new(),
         });
         (*cln).handler = Some(CTX_CLEANUP);
         *(*r).ctx.add(ctx_index()) = ctx.cast();
