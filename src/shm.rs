@@ -41,7 +41,7 @@ use sessions_core::metrics::Counters;
 /// `ngx_module_t`, so the same loaded module) are unchanged, and a binary upgrade starts with
 /// fresh zones; a root of another layout is therefore never met in practice, and is refused
 /// rather than read if it ever is. Change it with the layout of `Root`, `Header` or `Slot`.
-const MAGIC: u64 = u64::from_le_bytes(*b"ngxsess4");
+const MAGIC: u64 = u64::from_le_bytes(*b"ngxsess5");
 
 /// What lives at the start of the zone, found again through `shpool->data`.
 #[repr(C)]
@@ -173,9 +173,10 @@ impl SharedZone {
         unsafe { Locked::lock(zone.as_ptr()) }
     }
 
-    /// Records in the zone now.
-    pub(crate) fn record_count(&self) -> Option<usize> {
-        Some(self.lock()?.table().len())
+    /// Slots in use in the zone now (records, their data and subject entries): what a copy
+    /// of the table holds.
+    pub(crate) fn slots_in_use(&self) -> Option<usize> {
+        Some(self.lock()?.table().slots_in_use())
     }
 
     /// What the state file keeps of the zone: its identity, and its records copied into

@@ -178,7 +178,7 @@ impl Writer {
 
     /// Copies the table and hands it to a new write thread.
     fn start(&mut self) {
-        let Some(records) = self.zone.record_count() else { return };
+        let Some(records) = self.zone.slots_in_use() else { return };
         let mut copy = core::mem::take(&mut self.buffer);
         // Room for some growth until the lock is taken again.
         copy.make_room(records + records / 8 + 64);

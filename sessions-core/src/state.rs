@@ -4,7 +4,7 @@
 //! table. Besides [`write_atomically`] there is no I/O here; the glue reads the file, takes
 //! the snapshot under the zone's lock and writes it outside.
 //!
-//! Format, version 1 (integers little-endian):
+//! Format, version 2 (integers little-endian):
 //!
 //! | bytes | field |
 //! |---|---|
@@ -12,13 +12,17 @@
 //! | 4 | format version (1) |
 //! | 4 | reserved, 0 |
 //! | 8 | body length |
-//! | body | secret (32), cookie name (16), binding key (16), written at (u64, seconds since the epoch), record count (u64), records (46 bytes each) |
+//! | body | secret (32), cookie name (16), binding key (16), written at (u64, seconds since the epoch), record count (u64), records |
 //! | 32 | SHA-256 of everything before it |
 //!
 //! A record: store key (16), created, issued, last seen, renewed at, IP hash, User-Agent
 //! hash, expires (u32 each, as the table keeps them), record version (1), flags (1; bit 0:
-//! in the protected segment). Records come protected first, then probation, each from its
-//! most recently used.
+//! in the protected segment), then the session's data: its length (u32, 0: none) and its
+//! stored form (`data::Data`; its subject is in it). Records come protected first, then
+//! probation, each from its most recently used.
+//!
+//! Version 1, written before session data existed, is the same without the data length and
+//! data; it is still read (its sessions come back without data).
 //!
 //! The checksum detects a torn or damaged file; it is no authentication (whoever can write
 //! the file can recompute it, and could as well write the zone).
@@ -32,17 +36,22 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::cookie::{self, StoreKey};
+use crate::data::{subject_key, Data};
 use crate::session::{BindingHashes, Record, Table};
-use crate::table::{Entry, SlotTable};
+use crate::table::{chunks_for, Entry, SlotTable};
 
 pub const MAGIC: [u8; 8] = *b"ngxsstat";
-/// The format written, and the only one read. Change it with the layout above.
-pub const VERSION: u32 = 1;
+/// The format written. Change it with the layout above.
+pub const VERSION: u32 = 2;
+/// The format before session data, still read.
+pub const VERSION_WITHOUT_DATA: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 /// Identity (64), written at (8), record count (8).
 const BODY_FIXED_LEN: usize = 32 + 16 + 16 + 8 + 8;
+/// A record's fixed part (version 2 adds the data length and data after it).
 pub const RECORD_LEN: usize = 16 + 7 * 4 + 1 + 1;
+const DATA_LEN_LEN: usize = 4;
 const FLAG_ESTABLISHED: u8 = 1;
 
 /// What a zone's root holds that must survive with its records: cookies are signed with
@@ -93,9 +102,10 @@ impl fmt::Display for LoadError {
                 write!(f, "truncated ({have} of {need} bytes)")
             }
             LoadError::NotAStateFile => f.write_str("not a sessions state file"),
-            LoadError::Version(v) => {
-                write!(f, "format version {v}, this module reads version {VERSION}")
-            }
+            LoadError::Version(v) => write!(
+                f,
+                "format version {v}, this module reads versions {VERSION_WITHOUT_DATA} and {VERSION}"
+            ),
             LoadError::Checksum => f.write_str("checksum mismatch (damaged file)"),
             LoadError::Corrupt(why) => write!(f, "corrupt ({why})"),
         }
@@ -122,7 +132,8 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
 impl Snapshot {
     /// The file's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let body_len = BODY_FIXED_LEN + self.entries.len() * RECORD_LEN;
+        let data: usize = self.entries.iter().map(|e| e.data.len()).sum();
+        let body_len = BODY_FIXED_LEN + self.entries.len() * (RECORD_LEN + DATA_LEN_LEN) + data;
         let mut out = Vec::with_capacity(HEADER_LEN + body_len + CHECKSUM_LEN);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -145,13 +156,19 @@ impl Snapshot {
             out.extend_from_slice(&secs32(e.expires).to_le_bytes());
             out.push(r.hashes.version());
             out.push(if e.established { FLAG_ESTABLISHED } else { 0 });
+            // Data is at most `data::MAX_DATA_SIZE`; the table holds no more than u16 chunks.
+            out.extend_from_slice(&u32::try_from(e.data.len()).unwrap_or(0).to_le_bytes());
+            if u32::try_from(e.data.len()).is_ok() {
+                out.extend_from_slice(&e.data);
+            }
         }
         let checksum = Sha256::digest(&out);
         out.extend_from_slice(&checksum);
         out
     }
 
-    /// Reads a file's bytes; anything but a whole, intact version-1 file is an error.
+    /// Reads a file's bytes; anything but a whole, intact version-1 or version-2 file is an
+    /// error.
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, LoadError> {
         if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
             return Err(if bytes.is_empty() || MAGIC.starts_with(bytes) {
@@ -167,7 +184,7 @@ impl Snapshot {
             });
         }
         let version = u32_at(bytes, 8);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_WITHOUT_DATA {
             return Err(LoadError::Version(version));
         }
         let need = usize::try_from(u64_at(bytes, 16))
@@ -197,14 +214,29 @@ impl Snapshot {
         }
         let written_at = u64_at(body, 64);
         let count = u64_at(body, 72);
-        let records = &body[BODY_FIXED_LEN..];
-        if u64::try_from(records.len() / RECORD_LEN).ok() != Some(count)
-            || records.len() % RECORD_LEN != 0
-        {
-            return Err(LoadError::Corrupt("record count and length disagree"));
+        let mut records = &body[BODY_FIXED_LEN..];
+        let disagree = LoadError::Corrupt("record count and length disagree");
+        // Every record takes at least its fixed part: no count can make this allocate more
+        // than the file.
+        let count = usize::try_from(count).map_err(|_| disagree.clone())?;
+        if count > records.len() / RECORD_LEN {
+            return Err(disagree);
         }
-        let mut entries = Vec::with_capacity(records.len() / RECORD_LEN);
-        for r in records.chunks_exact(RECORD_LEN) {
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (r, rest) = records.split_at_checked(RECORD_LEN).ok_or(disagree.clone())?;
+            records = rest;
+            let mut data = Vec::new();
+            if version != VERSION_WITHOUT_DATA {
+                let (len, rest) = records.split_at_checked(DATA_LEN_LEN).ok_or(disagree.clone())?;
+                let len = usize::try_from(u32_at(len, 0)).map_err(|_| disagree.clone())?;
+                let (d, rest) = rest.split_at_checked(len).ok_or(disagree.clone())?;
+                if !d.is_empty() && Data::decode(d).is_none() {
+                    return Err(LoadError::Corrupt("session data not in its stored form"));
+                }
+                data = d.to_vec();
+                records = rest;
+            }
             let mut key = [0u8; 16];
             key.copy_from_slice(&r[..16]);
             let time = |n: usize| u64::from(u32_at(r, 16 + 4 * n));
@@ -226,7 +258,11 @@ impl Snapshot {
                 },
                 expires: time(6),
                 established: r[45] & FLAG_ESTABLISHED != 0,
+                data,
             });
+        }
+        if !records.is_empty() {
+            return Err(disagree);
         }
         Ok(Snapshot { identity, written_at, entries })
     }
@@ -243,11 +279,29 @@ pub struct Restored {
     pub left_out: usize,
 }
 
+/// The slots an entry takes in the table: its own and its data's.
+fn weight(e: &Entry) -> usize {
+    1 + chunks_for(e.data.len())
+}
+
+/// How many of `entries`, from the first, take no more than `room` slots.
+fn fitting(entries: &[&Entry], room: usize) -> usize {
+    let mut used = 0usize;
+    entries
+        .iter()
+        .take_while(|e| {
+            used = used.saturating_add(weight(e));
+            used <= room
+        })
+        .count()
+}
+
 /// Loads `entries` (in [`Snapshot::entries`] order) into an empty table. Expired records are
 /// skipped; when the live ones do not fit, the table keeps what it would itself have kept:
 /// sessions in use (protected, up to its cap) first, then the most recently used. Each
 /// segment keeps its LRU order; protected records beyond the cap go to probation's oldest
-/// end, as the table demotes them.
+/// end, as the table demotes them. Data comes back with its session (and so its subject
+/// index); data that finds no room is left out, its session kept.
 pub fn restore(table: &mut SlotTable<'_>, entries: &[Entry], now: u64) -> Restored {
     let mut report = Restored::default();
     let (mut protected, mut probation) = (Vec::new(), Vec::new());
@@ -260,22 +314,28 @@ pub fn restore(table: &mut SlotTable<'_>, entries: &[Entry], now: u64) -> Restor
             probation.push(e);
         }
     }
-    let capacity = table.capacity().saturating_sub(table.len());
-    let keep_protected = protected.len().min(table.protected_cap() as usize).min(capacity);
+    let alive = protected.len() + probation.len();
+    let room = table.capacity().saturating_sub(table.slots_in_use());
+    let keep_protected = fitting(&protected, room.min(table.protected_cap() as usize));
+    let used: usize = protected[..keep_protected].iter().map(|e| weight(e)).sum();
     let demoted = protected.split_off(keep_protected);
     probation.extend(demoted);
-    let keep_probation = probation.len().min(capacity - keep_protected);
-    report.left_out = probation.len() - keep_probation;
+    let keep_probation = fitting(&probation, room.saturating_sub(used));
     probation.truncate(keep_probation);
+    let before = table.len();
     // Oldest first: each insertion becomes its segment's most recent.
     let order = probation.iter().rev().map(|e| (e, false));
     for (e, established) in order.chain(protected.iter().rev().map(|e| (e, true))) {
-        match table.insert(&e.key, &e.record, e.expires, established, now) {
-            Ok(()) => report.loaded += 1,
-            // A key twice in the file: the table holds it once.
-            Err(_) => report.left_out += 1,
+        // A key twice in the file: the table holds it once.
+        if table.insert(&e.key, &e.record, e.expires, established, now).is_ok()
+            && !e.data.is_empty()
+        {
+            let subject = Data::decode(&e.data).and_then(|d| d.subject().map(subject_key));
+            let _ = table.write_data(&e.key, &e.data, subject, now);
         }
     }
+    report.loaded = table.len().saturating_sub(before);
+    report.left_out = alive - report.loaded;
     report
 }
 
@@ -347,6 +407,15 @@ mod tests {
         ZoneIdentity { secret: [7; 32], name: *b"sAbCdEfGhIjKlMnO", binding_key: [9; 16] }
     }
 
+    /// Stored-form data: a subject shared by every fourth session, and a value of `len`
+    /// bytes.
+    fn data(i: u32, len: usize) -> Vec<u8> {
+        let mut c = crate::data::Changes::new();
+        c.set(b"subject", format!("user{}", i % 4).as_bytes());
+        c.set(b"cart", &vec![b'x'; len.max(1)]);
+        crate::data::Data::new().apply(&c, 1 << 16).unwrap().encoded().to_vec()
+    }
+
     fn snapshot(n: u32) -> Snapshot {
         let entries = (0..n)
             .map(|i| Entry {
@@ -358,6 +427,7 @@ mod tests {
                 },
                 expires: 5000 + u64::from(i),
                 established: i % 3 == 0,
+                data: if i % 2 == 0 { data(i, i as usize) } else { Vec::new() },
             })
             .collect();
         Snapshot { identity: identity(), written_at: 4242, entries }
@@ -368,9 +438,14 @@ mod tests {
         for n in [0, 1, 100] {
             let s = snapshot(n);
             let bytes = s.encode();
+            let data: usize = s.entries.iter().map(|e| e.data.len()).sum();
             assert_eq!(
                 bytes.len(),
-                HEADER_LEN + BODY_FIXED_LEN + n as usize * RECORD_LEN + CHECKSUM_LEN
+                HEADER_LEN
+                    + BODY_FIXED_LEN
+                    + n as usize * (RECORD_LEN + DATA_LEN_LEN)
+                    + data
+                    + CHECKSUM_LEN
             );
             assert_eq!(Snapshot::decode(&bytes), Ok(s));
         }
@@ -413,12 +488,12 @@ mod tests {
     #[test]
     fn foreign_files_and_versions_are_refused() {
         assert_eq!(Snapshot::decode(b"hello, world, this is text"), Err(LoadError::NotAStateFile));
-        let mut v2 = snapshot(3).encode();
-        v2[8] = 2;
-        assert_eq!(Snapshot::decode(&v2), Err(LoadError::Version(2)));
+        let mut v3 = snapshot(3).encode();
+        v3[8] = 3;
+        assert_eq!(Snapshot::decode(&v3), Err(LoadError::Version(3)));
         assert_eq!(
-            LoadError::Version(2).to_string(),
-            "format version 2, this module reads version 1"
+            LoadError::Version(3).to_string(),
+            "format version 3, this module reads versions 1 and 2"
         );
     }
 

@@ -11,9 +11,22 @@
 //!   of cookie-less clients only pushes out other cookie-less clients. Protected holds at
 //!   most [`PROTECTED_PERCENT`] of the capacity (see [`SlotTable::protected_cap`] for why
 //!   that keeps the table open to newcomers).
+//! - Session data lives in the same slots: a session's data is a chain of *chunks*, free
+//!   slots tagged [`DATA`] that hold [`CHUNK_BYTES`] bytes each, outside the LRU lists and
+//!   the buckets; the session slot's spare bytes hold the first chunk's index and the
+//!   count. Data thus competes for the one capacity: a chunk is taken like an insertion
+//!   takes a slot (evicting probation's oldest when none is free), evicting a session frees
+//!   its chunks, and a session *weighs* one slot plus its chunks in the segment it is in
+//!   (the protected cap bounds protected's weight). A zone full of data still takes new
+//!   sessions: evicting any session frees at least its own slot.
+//! - The subject index: one slot per subject tagged [`SUBJECT`], in the buckets under the
+//!   subject's key (`data::subject_key`), heads a doubly linked list of the sessions
+//!   indexed under it; the links live in each session's first chunk (a session with a
+//!   subject has data), so sessions without data pay nothing. The entry is freed when its
+//!   list empties.
 
 use crate::cookie::StoreKey;
-use crate::session::{BindingHashes, Record, StoreError, Table};
+use crate::session::{BindingHashes, DataError, Record, StoreError, Table};
 
 /// "No slot".
 pub const NIL: u32 = u32::MAX;
@@ -27,6 +40,33 @@ pub const EVICTION_REPORT_INTERVAL: u64 = 60;
 const FREE: u8 = 0;
 const PROBATION: u8 = 1;
 const PROTECTED: u8 = 2;
+/// A chunk of some session's data.
+pub const DATA: u8 = 3;
+/// A subject index entry.
+pub const SUBJECT: u8 = 4;
+
+/// Data bytes a chunk holds: every byte of a slot but its `chain` (the next chunk),
+/// `segment` and `version` (how many of the bytes are used).
+pub const CHUNK_BYTES: usize = 58;
+/// The first chunk of a session's data starts with its subject links: the subject entry,
+/// the previous and the next session under that subject (`NIL` when none).
+const LINKS_BYTES: usize = 12;
+const LINK_SUBJECT: usize = 0;
+const LINK_PREV: usize = 1;
+const LINK_NEXT: usize = 2;
+
+/// The chunks `len` bytes of data take (0 for none).
+pub fn chunks_for(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        (LINKS_BYTES + len).div_ceil(CHUNK_BYTES)
+    }
+}
+
+fn is_session(segment: u8) -> bool {
+    segment == PROBATION || segment == PROTECTED
+}
 
 /// One session ID's record.
 #[repr(C)]
@@ -48,9 +88,12 @@ pub struct Slot {
     next: u32,
     segment: u8,
     /// The record's version ([`BindingHashes::version`]); 0, in slots written before it
-    /// existed, reads as the legacy hashes.
+    /// existed, reads as the legacy hashes. In a chunk: how many of its bytes are used.
     version: u8,
-    _pad: [u8; 6],
+    /// How many chunks the session's data takes (0: no data).
+    chunks: u16,
+    /// The session's first data chunk (meaningful when `chunks > 0`).
+    data: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
@@ -62,7 +105,10 @@ struct List {
     head: u32,
     /// Least recently used.
     tail: u32,
+    /// Sessions.
     len: u32,
+    /// Slots the sessions take with their data chunks.
+    weight: u32,
 }
 
 /// The table's bookkeeping (free list, LRU ends and lengths, eviction counters); the glue
@@ -82,10 +128,12 @@ pub struct Header {
     unreported_min_idle: u64,
     /// When the last report was made (0: never, so the first eviction reports at once).
     last_report: u64,
+    /// Subject index entries.
+    subjects: u32,
 }
 
-/// One live record with what the table keeps beside it: its key, expiry and segment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// One live record with what the table keeps beside it: its key, expiry, segment and data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entry {
     pub key: StoreKey,
     pub record: Record,
@@ -93,6 +141,65 @@ pub struct Entry {
     pub expires: u64,
     /// In the protected segment: its cookie came back at least once.
     pub established: bool,
+    /// The session's data (stored form; empty: none). Its subject is part of it.
+    pub data: Vec<u8>,
+}
+
+/// A chunk's bytes (see [`CHUNK_BYTES`]).
+fn chunk_bytes(s: &Slot) -> [u8; CHUNK_BYTES] {
+    let mut b = [0u8; CHUNK_BYTES];
+    b[..16].copy_from_slice(&s.key);
+    let words = [
+        s.created,
+        s.issued,
+        s.last_seen,
+        s.renewed_at,
+        s.ip,
+        s.user_agent,
+        s.expires,
+        s.prev,
+        s.next,
+        s.data,
+    ];
+    for (w, out) in words.iter().zip(b[16..56].chunks_exact_mut(4)) {
+        out.copy_from_slice(&w.to_le_bytes());
+    }
+    b[56..].copy_from_slice(&s.chunks.to_le_bytes());
+    b
+}
+
+fn set_chunk_bytes(s: &mut Slot, b: &[u8; CHUNK_BYTES]) {
+    s.key.copy_from_slice(&b[..16]);
+    let mut words = b[16..56].chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+    let mut next = || words.next().unwrap_or(0);
+    s.created = next();
+    s.issued = next();
+    s.last_seen = next();
+    s.renewed_at = next();
+    s.ip = next();
+    s.user_agent = next();
+    s.expires = next();
+    s.prev = next();
+    s.next = next();
+    s.data = next();
+    s.chunks = u16::from_le_bytes([b[56], b[57]]);
+}
+
+/// Subject link `n` of a first chunk (they are its first bytes, the key's).
+fn link(s: &Slot, n: usize) -> u32 {
+    let w = &s.key[4 * n..4 * n + 4];
+    u32::from_le_bytes([w[0], w[1], w[2], w[3]])
+}
+
+fn set_link(s: &mut Slot, n: usize, to: u32) {
+    s.key[4 * n..4 * n + 4].copy_from_slice(&to.to_le_bytes());
+}
+
+/// The data bytes of chunk `s` (after the links in a first chunk).
+fn chunk_payload(s: &Slot, first: bool) -> ([u8; CHUNK_BYTES], core::ops::Range<usize>) {
+    let used = usize::from(s.version).min(CHUNK_BYTES);
+    let skip = if first { LINKS_BYTES.min(used) } else { 0 };
+    (chunk_bytes(s), skip..used)
 }
 
 /// A table's records as [`SlotTable::copy_into`] took them.
@@ -150,11 +257,31 @@ impl TableCopy {
                         },
                         expires: s.expires.into(),
                         established: segment == PROTECTED,
+                        data: self.data_of(&at, &s),
                     });
                 }
                 i = s.next;
             }
         }
+    }
+
+    /// Session `s`'s data, read from the copy's chunks (where `at` says they are).
+    fn data_of(&self, at: &[u32], s: &Slot) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut c = s.data;
+        for n in 0..s.chunks {
+            let Some(&(_, chunk)) = at.get(c as usize).and_then(|&k| self.slots.get(k as usize))
+            else {
+                break;
+            };
+            if chunk.segment != DATA {
+                break;
+            }
+            let (bytes, range) = chunk_payload(&chunk, n == 0);
+            out.extend_from_slice(&bytes[range]);
+            c = chunk.chain;
+        }
+        out
     }
 }
 
@@ -212,7 +339,7 @@ impl<'a> SlotTable<'a> {
     pub fn init(&mut self) {
         *self.header = Header {
             free: if self.slots.is_empty() { NIL } else { 0 },
-            lists: [List { head: NIL, tail: NIL, len: 0 }; 3],
+            lists: [List { head: NIL, tail: NIL, len: 0, weight: 0 }; 3],
             unreported_min_idle: u64::MAX,
             ..Header::default()
         };
@@ -223,6 +350,7 @@ impl<'a> SlotTable<'a> {
             s.chain = if i as u32 + 1 < n { i as u32 + 1 } else { NIL };
             s.prev = NIL;
             s.next = NIL;
+            s.data = NIL;
         }
     }
 
@@ -239,12 +367,21 @@ impl<'a> SlotTable<'a> {
         self.slots.len()
     }
 
+    /// Slots in use: sessions, their data chunks and the subject entries (what a copy of
+    /// the table holds, see [`SlotTable::copy_into`]).
+    pub fn slots_in_use(&self) -> usize {
+        let [_, probation, protected] = self.header.lists;
+        probation.weight.saturating_add(protected.weight).saturating_add(self.header.subjects)
+            as usize
+    }
+
     /// Records pushed out alive for want of room since the zone was made.
     pub fn evictions_total(&self) -> u64 {
         self.header.evictions_total
     }
 
-    /// The most records the protected segment holds: [`PROTECTED_PERCENT`] of the capacity.
+    /// The most slots the protected segment's sessions take with their data:
+    /// [`PROTECTED_PERCENT`] of the capacity.
     ///
     /// Why a new session X then survives at least `capacity - cap - 1` (a fifth of the
     /// capacity, less one) newer insertions, whatever the other clients do: let `d` be the
@@ -259,6 +396,14 @@ impl<'a> SlotTable<'a> {
     /// evicted by an insertion that finds `d = f = 0`, i.e. `Φ <= 0`. (Demoting to the newest
     /// end instead would let each promotion ahead of X move X one step closer to eviction,
     /// which is how clients returning each cookie once locked newcomers out.)
+    ///
+    /// With data, count slots instead of records: `d` is the slots that records older than X
+    /// in probation take with their chunks, `protected` the protected segment's weight. A
+    /// promotion moves a record's whole weight, demotions move whole records behind X, and a
+    /// chunk for a record older than X, or protected, moves a free slot into `d` or
+    /// `protected`: `Φ` is unchanged. A chunk for X or a newer record, and a subject entry,
+    /// lower `Φ` by one, as an insertion does; subject entries present at X's insertion lower
+    /// the bound by their number. Without data the bound is the one above.
     pub fn protected_cap(&self) -> u32 {
         secs32(self.slots.len() as u64 * PROTECTED_PERCENT / 100)
     }
@@ -299,8 +444,22 @@ impl<'a> SlotTable<'a> {
         // Bounded by the slot count even if the zone were corrupted.
         for _ in 0..self.slots.len() {
             let slot = self.slots.get(i as usize)?;
-            if slot.key == key.0 {
+            // Subject entries share the buckets.
+            if slot.key == key.0 && slot.segment != SUBJECT {
                 self.cached = Some((*key, i));
+                return Some(i);
+            }
+            i = slot.chain;
+        }
+        None
+    }
+
+    /// The subject index entry of `subject`.
+    fn find_subject(&self, subject: &[u8; 16]) -> Option<u32> {
+        let mut i = *self.buckets.get(self.bucket_of(&StoreKey(*subject)))?;
+        for _ in 0..self.slots.len() {
+            let slot = self.slots.get(i as usize)?;
+            if slot.key == *subject && slot.segment == SUBJECT {
                 return Some(i);
             }
             i = slot.chain;
@@ -320,11 +479,18 @@ impl<'a> SlotTable<'a> {
         self.header.lists.get_mut(segment as usize)
     }
 
+    /// The slots session `i` takes: its own and its data's.
+    fn weight_of(&self, i: u32) -> u32 {
+        self.slots.get(i as usize).map_or(0, |s| 1 + u32::from(s.chunks))
+    }
+
     fn unlink_lru(&mut self, i: u32) {
         let Some(&Slot { prev, next, segment, .. }) = self.slots.get(i as usize) else { return };
-        if segment == FREE {
+        if !is_session(segment) {
             return;
         }
+        let w = self.weight_of(i);
+        self.list_mut(segment).into_iter().for_each(|l| l.weight = l.weight.saturating_sub(w));
         match prev {
             NIL => self.list_mut(segment).into_iter().for_each(|l| l.head = next),
             p => self.slot_mut(p).into_iter().for_each(|s| s.next = next),
@@ -338,6 +504,7 @@ impl<'a> SlotTable<'a> {
 
     /// Links unlinked slot `i` at the most recent end of `segment`.
     fn push_front(&mut self, i: u32, segment: u8) {
+        let w = self.weight_of(i);
         let Some(head) = self.list_mut(segment).map(|l| l.head) else { return };
         let Some(s) = self.slot_mut(i) else { return };
         s.segment = segment;
@@ -350,11 +517,13 @@ impl<'a> SlotTable<'a> {
         self.list_mut(segment).into_iter().for_each(|l| {
             l.head = i;
             l.len = l.len.saturating_add(1);
+            l.weight = l.weight.saturating_add(w);
         });
     }
 
     /// Links unlinked slot `i` at the oldest end of `segment` (next in line for eviction).
     fn push_back(&mut self, i: u32, segment: u8) {
+        let w = self.weight_of(i);
         let Some(tail) = self.list_mut(segment).map(|l| l.tail) else { return };
         let Some(s) = self.slot_mut(i) else { return };
         s.segment = segment;
@@ -367,20 +536,31 @@ impl<'a> SlotTable<'a> {
         self.list_mut(segment).into_iter().for_each(|l| {
             l.tail = i;
             l.len = l.len.saturating_add(1);
+            l.weight = l.weight.saturating_add(w);
         });
     }
 
     /// Makes slot `i` protected's most recent, demoting protected's least recently used
-    /// record to probation's oldest end if that takes protected over its cap.
+    /// records to probation's oldest end if that takes protected over its cap.
     fn protect(&mut self, i: u32) {
         self.unlink_lru(i);
         self.push_front(i, PROTECTED);
-        if self.header.lists[PROTECTED as usize].len > self.protected_cap() {
-            let t = self.tail(PROTECTED);
-            if t != NIL {
-                self.unlink_lru(t);
-                self.push_back(t, PROBATION);
+        self.enforce_protected_cap();
+    }
+
+    /// Demotes protected's least recently used records to probation's oldest end until
+    /// protected weighs no more than its cap (one record at most without data).
+    fn enforce_protected_cap(&mut self) {
+        for _ in 0..self.slots.len() {
+            if self.header.lists[PROTECTED as usize].weight <= self.protected_cap() {
+                return;
             }
+            let t = self.tail(PROTECTED);
+            if t == NIL {
+                return;
+            }
+            self.unlink_lru(t);
+            self.push_back(t, PROBATION);
         }
     }
 
@@ -403,23 +583,152 @@ impl<'a> SlotTable<'a> {
         }
     }
 
-    /// Returns slot `i` to the free list.
+    /// Forgets session `i`: its data, its place in the subject index, its slot.
     fn release(&mut self, i: u32) {
         if matches!(self.cached, Some((_, c)) if c == i) {
             self.cached = None;
         }
-        if self.slots.get(i as usize).is_none_or(|s| s.segment == FREE) {
+        if self.slots.get(i as usize).is_none_or(|s| !is_session(s.segment)) {
             return;
         }
+        self.drop_data(i);
         self.unlink_chain(i);
         self.unlink_lru(i);
+        self.free_slot(i);
+    }
+
+    /// Puts slot `i`, unlinked from everything, on the free list.
+    fn free_slot(&mut self, i: u32) {
         let free = self.header.free;
         let Some(s) = self.slot_mut(i) else { return };
         s.segment = FREE;
         s.chain = free;
         s.prev = NIL;
         s.next = NIL;
+        s.chunks = 0;
+        s.data = NIL;
         self.header.free = i;
+    }
+
+    /// Frees a chain of chunks (bounded, and stopping at anything but a chunk).
+    fn free_chunks(&mut self, first: u32) {
+        let mut c = first;
+        for _ in 0..self.slots.len() {
+            match self.slots.get(c as usize) {
+                Some(s) if s.segment == DATA => {
+                    let next = s.chain;
+                    self.free_slot(c);
+                    c = next;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Session `i`'s first chunk (`NIL`: no data).
+    fn first_chunk(&self, i: u32) -> u32 {
+        match self.slots.get(i as usize) {
+            Some(s) if is_session(s.segment) && s.chunks > 0 => s.data,
+            _ => NIL,
+        }
+    }
+
+    /// Subject link `n` of session `i` (`NIL` without data).
+    fn subject_link(&self, i: u32, n: usize) -> u32 {
+        self.slots.get(self.first_chunk(i) as usize).map_or(NIL, |c| link(c, n))
+    }
+
+    fn set_subject_link(&mut self, i: u32, n: usize, to: u32) {
+        let c = self.first_chunk(i);
+        if let Some(chunk) = self.slot_mut(c) {
+            set_link(chunk, n, to);
+        }
+    }
+
+    /// Takes session `i` out of its subject's list, freeing the entry if the list empties.
+    fn unlink_subject(&mut self, i: u32) {
+        let subject = self.subject_link(i, LINK_SUBJECT);
+        if subject == NIL {
+            return;
+        }
+        let prev = self.subject_link(i, LINK_PREV);
+        let next = self.subject_link(i, LINK_NEXT);
+        match prev {
+            NIL => {
+                if let Some(e) = self.slot_mut(subject).filter(|e| e.segment == SUBJECT) {
+                    e.next = next;
+                }
+            }
+            p => self.set_subject_link(p, LINK_NEXT, next),
+        }
+        if next != NIL {
+            self.set_subject_link(next, LINK_PREV, prev);
+        }
+        for n in [LINK_SUBJECT, LINK_PREV, LINK_NEXT] {
+            self.set_subject_link(i, n, NIL);
+        }
+        if self.slots.get(subject as usize).is_some_and(|e| e.segment == SUBJECT && e.next == NIL) {
+            self.unlink_chain(subject);
+            self.free_slot(subject);
+            self.header.subjects = self.header.subjects.saturating_sub(1);
+        }
+    }
+
+    /// Makes session `i` (with data, out of any list) the first under subject entry `e`.
+    fn link_subject(&mut self, i: u32, e: u32) {
+        let Some(head) = self.slots.get(e as usize).map(|e| e.next) else { return };
+        self.set_subject_link(i, LINK_SUBJECT, e);
+        self.set_subject_link(i, LINK_PREV, NIL);
+        self.set_subject_link(i, LINK_NEXT, head);
+        if head != NIL {
+            self.set_subject_link(head, LINK_PREV, i);
+        }
+        if let Some(entry) = self.slot_mut(e) {
+            entry.next = i;
+        }
+    }
+
+    /// Makes free slot `e` (taken off the free list) the entry of `subject`.
+    fn new_subject(&mut self, e: u32, subject: &[u8; 16]) {
+        let b = self.bucket_of(&StoreKey(*subject));
+        let Some(&head) = self.buckets.get(b) else { return };
+        let Some(entry) = self.slot_mut(e) else { return };
+        *entry = Slot {
+            key: *subject,
+            chain: head,
+            prev: NIL,
+            next: NIL,
+            segment: SUBJECT,
+            data: NIL,
+            ..Slot::default()
+        };
+        if let Some(first) = self.buckets.get_mut(b) {
+            *first = e;
+        }
+        self.header.subjects = self.header.subjects.saturating_add(1);
+    }
+
+    /// Frees session `i`'s data and takes it out of the subject index.
+    fn drop_data(&mut self, i: u32) {
+        let first = self.first_chunk(i);
+        if first == NIL {
+            return;
+        }
+        self.unlink_subject(i);
+        self.set_chunks(i, NIL, 0);
+        self.free_chunks(first);
+    }
+
+    /// Gives session `i` the chunk chain `first` of `chunks` chunks, keeping its segment's
+    /// weight.
+    fn set_chunks(&mut self, i: u32, first: u32, chunks: u16) {
+        let Some(s) = self.slot_mut(i) else { return };
+        let (old, segment) = (s.chunks, s.segment);
+        s.chunks = chunks;
+        s.data = if chunks == 0 { NIL } else { first };
+        if let Some(l) = self.list_mut(segment).filter(|_| is_session(segment)) {
+            l.weight = l.weight.saturating_sub(old.into()).saturating_add(chunks.into());
+        }
     }
 
     fn tail(&self, segment: u8) -> u32 {
@@ -440,9 +749,21 @@ impl<'a> SlotTable<'a> {
 
     /// A free slot, evicting the least recently used record (probation first) if needed.
     fn take_slot(&mut self, now: u64) -> Option<u32> {
+        self.take_slot_sparing(now, NIL)
+    }
+
+    /// [`Self::take_slot`], never evicting session `spare` (the one whose data is written).
+    fn take_slot_sparing(&mut self, now: u64, spare: u32) -> Option<u32> {
         if self.header.free == NIL {
-            let victim =
-                [PROBATION, PROTECTED].iter().map(|&s| self.tail(s)).find(|&t| t != NIL)?;
+            let victim = [PROBATION, PROTECTED]
+                .iter()
+                .map(|&s| match self.tail(s) {
+                    t if t == spare && t != NIL => {
+                        self.slots.get(t as usize).map_or(NIL, |s| s.prev)
+                    }
+                    t => t,
+                })
+                .find(|&t| t != NIL)?;
             let idle = now.saturating_sub(self.slots.get(victim as usize)?.last_seen.into());
             self.release(victim);
             let h = &mut *self.header;
@@ -503,17 +824,21 @@ impl<'a> SlotTable<'a> {
         out
     }
 
-    /// Checks the table's structure: both LRU lists (links, ends, lengths, segment tags),
-    /// the free list, the bucket chains (every record in its key's bucket, once), the
-    /// protected cap, and that no slot is in two places. For tests and fuzzing: it walks
-    /// the whole table.
+    /// Checks the table's structure: both LRU lists (links, ends, lengths, weights, segment
+    /// tags), each session's data chain (chunks tagged, counted, used bytes in range), the
+    /// free list, the bucket chains (every record and subject entry in its key's bucket,
+    /// once), each subject's list (non-empty, links both ways, every member pointing back,
+    /// every session with a subject in its list), the protected cap, and that no slot is in
+    /// two places. For tests and fuzzing: it walks the whole table.
     pub fn check_invariants(&self) -> Result<(), String> {
         let n = self.slots.len();
         // Where each slot was found: 0 nowhere yet, else its segment + 1.
         let mut seen = vec![0u8; n];
+        // Sessions whose first chunk names a subject entry.
+        let mut with_subject = 0usize;
         for segment in [PROBATION, PROTECTED] {
             let list = self.header.lists[segment as usize];
-            let (mut i, mut prev, mut len) = (list.head, NIL, 0u32);
+            let (mut i, mut prev, mut len, mut weight) = (list.head, NIL, 0u32, 0u32);
             while i != NIL {
                 let s = self
                     .slots
@@ -529,7 +854,36 @@ impl<'a> SlotTable<'a> {
                 if s.prev != prev {
                     return Err(format!("slot {i}: prev {} instead of {prev}", s.prev));
                 }
+                let mut c = s.data;
+                for k in 0..s.chunks {
+                    let chunk = self
+                        .slots
+                        .get(c as usize)
+                        .ok_or_else(|| format!("slot {i}: chunk {k} bad index {c}"))?;
+                    if seen[c as usize] != 0 || chunk.segment != DATA {
+                        return Err(format!(
+                            "slot {i}: chunk {k} ({c}) tagged {} or seen before",
+                            chunk.segment
+                        ));
+                    }
+                    seen[c as usize] = DATA + 1;
+                    let used = usize::from(chunk.version);
+                    if used > CHUNK_BYTES || (k == 0 && used < LINKS_BYTES) {
+                        return Err(format!("slot {i}: chunk {k} uses {used} bytes"));
+                    }
+                    if k + 1 < s.chunks && used != CHUNK_BYTES {
+                        return Err(format!("slot {i}: chunk {k} not full but not last"));
+                    }
+                    if k == 0 && link(chunk, LINK_SUBJECT) != NIL {
+                        with_subject += 1;
+                    }
+                    c = chunk.chain;
+                }
+                if s.chunks > 0 && c != NIL {
+                    return Err(format!("slot {i}: data chain longer than {} chunks", s.chunks));
+                }
                 len += 1;
+                weight += 1 + u32::from(s.chunks);
                 prev = i;
                 i = s.next;
             }
@@ -538,6 +892,9 @@ impl<'a> SlotTable<'a> {
             }
             if list.len != len {
                 return Err(format!("segment {segment}: len {} but {len} linked", list.len));
+            }
+            if list.weight != weight {
+                return Err(format!("segment {segment}: weight {} but {weight}", list.weight));
             }
         }
         let mut i = self.header.free;
@@ -555,18 +912,8 @@ impl<'a> SlotTable<'a> {
             free += 1;
             i = s.chain;
         }
-        if let Some(i) = seen.iter().position(|&w| w == 0) {
-            return Err(format!("slot {i} is nowhere"));
-        }
-        if free + self.len() != n {
-            return Err(format!("{free} free + {} stored != {n} slots", self.len()));
-        }
-        let protected = self.header.lists[PROTECTED as usize].len;
-        if protected > self.protected_cap() {
-            return Err(format!("{protected} protected > cap {}", self.protected_cap()));
-        }
         let mut chained = vec![false; n];
-        let mut total = 0usize;
+        let (mut sessions, mut subjects, mut members) = (0usize, 0usize, 0usize);
         for (b, &first) in self.buckets.iter().enumerate() {
             let mut i = first;
             while i != NIL {
@@ -578,25 +925,79 @@ impl<'a> SlotTable<'a> {
                     return Err(format!("slot {i} twice in the bucket chains"));
                 }
                 chained[i as usize] = true;
-                if s.segment == FREE {
-                    return Err(format!("free slot {i} in bucket {b}"));
-                }
                 if self.bucket_of(&StoreKey(s.key)) != b {
                     return Err(format!("slot {i} in bucket {b}, not its key's"));
                 }
-                total += 1;
+                match s.segment {
+                    PROBATION | PROTECTED => sessions += 1,
+                    SUBJECT => {
+                        if seen[i as usize] != 0 {
+                            return Err(format!("subject entry {i} also elsewhere"));
+                        }
+                        seen[i as usize] = SUBJECT + 1;
+                        subjects += 1;
+                        members += self.check_subject_list(i, &seen)?;
+                    }
+                    other => return Err(format!("slot {i} tagged {other} in bucket {b}")),
+                }
                 i = s.chain;
             }
         }
-        if total != self.len() {
-            return Err(format!("{total} chained != {} stored", self.len()));
+        if let Some(i) = seen.iter().position(|&w| w == 0) {
+            return Err(format!("slot {i} is nowhere"));
+        }
+        if free + self.slots_in_use() != n {
+            return Err(format!("{free} free + {} in use != {n} slots", self.slots_in_use()));
+        }
+        let protected = self.header.lists[PROTECTED as usize].weight;
+        if protected > self.protected_cap() {
+            return Err(format!("{protected} protected > cap {}", self.protected_cap()));
+        }
+        if sessions != self.len() {
+            return Err(format!("{sessions} chained != {} stored", self.len()));
+        }
+        if subjects != self.header.subjects as usize {
+            return Err(format!(
+                "{subjects} subject entries, header says {}",
+                self.header.subjects
+            ));
+        }
+        if members != with_subject {
+            return Err(format!("{members} in subject lists, {with_subject} name a subject"));
         }
         if let Some((key, i)) = self.cached {
-            if self.slots.get(i as usize).is_none_or(|s| s.segment == FREE || s.key != key.0) {
+            if self.slots.get(i as usize).is_none_or(|s| !is_session(s.segment) || s.key != key.0) {
                 return Err(format!("cached slot {i} does not hold the cached key"));
             }
         }
         Ok(())
+    }
+
+    /// Checks subject entry `e`'s list of sessions (`seen` tags the slots by segment);
+    /// returns its length.
+    fn check_subject_list(&self, e: u32, seen: &[u8]) -> Result<usize, String> {
+        let mut i = self.slots.get(e as usize).map_or(NIL, |s| s.next);
+        if i == NIL {
+            return Err(format!("subject entry {e} with no session"));
+        }
+        let (mut prev, mut count) = (NIL, 0usize);
+        while i != NIL {
+            if count >= self.slots.len() {
+                return Err(format!("subject entry {e}: list loops"));
+            }
+            if !seen.get(i as usize).is_some_and(|&w| w == PROBATION + 1 || w == PROTECTED + 1) {
+                return Err(format!("subject entry {e}: member {i} is no session"));
+            }
+            let [subject, p, next] =
+                [LINK_SUBJECT, LINK_PREV, LINK_NEXT].map(|n| self.subject_link(i, n));
+            if subject != e || p != prev {
+                return Err(format!("subject entry {e}: member {i} links {subject}, prev {p}"));
+            }
+            count += 1;
+            prev = i;
+            i = next;
+        }
+        Ok(count)
     }
 }
 
@@ -627,6 +1028,8 @@ impl Table for SlotTable<'_> {
         };
         slot.key = key.0;
         slot.chain = head;
+        slot.chunks = 0;
+        slot.data = NIL;
         if let Some(first) = self.buckets.get_mut(b) {
             *first = i;
         }
@@ -650,6 +1053,164 @@ impl Table for SlotTable<'_> {
         if let Some(i) = self.find(key) {
             self.release(i);
         }
+    }
+
+    fn read_data(&mut self, key: &StoreKey, out: &mut Vec<u8>) -> bool {
+        let Some(i) = self.find(key) else { return false };
+        let chunks = self.slots.get(i as usize).map_or(0, |s| s.chunks);
+        let mut c = self.first_chunk(i);
+        for n in 0..chunks {
+            let Some(chunk) = self.slots.get(c as usize).filter(|s| s.segment == DATA) else {
+                break;
+            };
+            let (bytes, range) = chunk_payload(chunk, n == 0);
+            out.extend_from_slice(&bytes[range]);
+            c = chunk.chain;
+        }
+        true
+    }
+
+    fn write_data(
+        &mut self,
+        key: &StoreKey,
+        data: &[u8],
+        subject: Option<[u8; 16]>,
+        now: u64,
+    ) -> Result<(), DataError> {
+        let i = self.find(key).ok_or(DataError::Gone)?;
+        if data.is_empty() && subject.is_none() {
+            self.drop_data(i);
+            return Ok(());
+        }
+        let need = u16::try_from((LINKS_BYTES + data.len()).div_ceil(CHUNK_BYTES))
+            .map_err(|_| DataError::NoRoom)?;
+        let have = self.slots.get(i as usize).map_or(0, |s| s.chunks);
+        // The chunks it lacks first, on a chain of their own: on failure the session keeps
+        // its data as it was.
+        let mut extra = NIL;
+        for _ in have..need {
+            let Some(c) = self.take_slot_sparing(now, i) else {
+                self.free_chunks(extra);
+                return Err(DataError::NoRoom);
+            };
+            if let Some(chunk) = self.slot_mut(c) {
+                *chunk = Slot { segment: DATA, chain: extra, ..Slot::default() };
+            }
+            extra = c;
+        }
+        let first = self.first_chunk(i);
+        let old_subject = self.subject_link(i, LINK_SUBJECT);
+        let same_subject = subject.is_some()
+            && self.slots.get(old_subject as usize).map(|e| e.key) == subject
+            && old_subject != NIL;
+        // A slot for a new subject entry, taken before anything changes for the same reason.
+        let mut entry = NIL;
+        if let Some(sk) = subject.filter(|_| !same_subject) {
+            entry = match self.find_subject(&sk) {
+                Some(e) => e,
+                None => match self.take_slot_sparing(now, i) {
+                    Some(e) => {
+                        self.new_subject(e, &sk);
+                        e
+                    }
+                    None => {
+                        self.free_chunks(extra);
+                        return Err(DataError::NoRoom);
+                    }
+                },
+            };
+        }
+        if !same_subject {
+            self.unlink_subject(i);
+        }
+        // Evictions may have changed the links: read them now.
+        let links = [LINK_SUBJECT, LINK_PREV, LINK_NEXT].map(|n| self.subject_link(i, n));
+        let mut stream = links.iter().flat_map(|l| l.to_le_bytes()).chain(data.iter().copied());
+        // The old chain, then the extra one.
+        let (mut c, mut last) = (if first == NIL { extra } else { first }, NIL);
+        for n in 0..need {
+            if n == have && have > 0 {
+                if let Some(l) = self.slot_mut(last) {
+                    l.chain = extra;
+                }
+                c = extra;
+            }
+            let mut bytes = [0u8; CHUNK_BYTES];
+            let mut used = 0u8;
+            for (b, v) in bytes.iter_mut().zip(stream.by_ref()) {
+                *b = v;
+                used += 1;
+            }
+            let Some(chunk) = self.slot_mut(c) else { break };
+            set_chunk_bytes(chunk, &bytes);
+            chunk.version = used;
+            last = c;
+            c = chunk.chain;
+        }
+        // What the old chain had beyond the new data.
+        if let Some(l) = self.slot_mut(last) {
+            l.chain = NIL;
+        }
+        if need < have {
+            self.free_chunks(c);
+        }
+        self.set_chunks(i, if first == NIL { extra } else { first }, need);
+        if entry != NIL {
+            self.link_subject(i, entry);
+        }
+        self.enforce_protected_cap();
+        Ok(())
+    }
+
+    fn move_data(&mut self, from: &StoreKey, to: &StoreKey) {
+        let (Some(f), Some(t)) = (self.find(from), self.find(to)) else { return };
+        if f == t {
+            return;
+        }
+        self.drop_data(t);
+        let first = self.first_chunk(f);
+        if first == NIL {
+            return;
+        }
+        let chunks = self.slots.get(f as usize).map_or(0, |s| s.chunks);
+        let [subject, prev, next] =
+            [LINK_SUBJECT, LINK_PREV, LINK_NEXT].map(|n| self.subject_link(f, n));
+        self.set_chunks(f, NIL, 0);
+        self.set_chunks(t, first, chunks);
+        // `t` takes `f`'s place in the subject's list.
+        if subject != NIL {
+            match prev {
+                NIL => {
+                    if let Some(e) = self.slot_mut(subject) {
+                        e.next = t;
+                    }
+                }
+                p => self.set_subject_link(p, LINK_NEXT, t),
+            }
+            if next != NIL {
+                self.set_subject_link(next, LINK_PREV, t);
+            }
+        }
+        self.enforce_protected_cap();
+    }
+
+    fn remove_subject(&mut self, subject: &[u8; 16], keep: Option<&StoreKey>) -> usize {
+        let Some(e) = self.find_subject(subject) else { return 0 };
+        let keep = keep.and_then(|k| self.find(k)).unwrap_or(NIL);
+        let mut i = self.slots.get(e as usize).map_or(NIL, |e| e.next);
+        let mut removed = 0;
+        for _ in 0..self.slots.len() {
+            if i == NIL {
+                break;
+            }
+            let next = self.subject_link(i, LINK_NEXT);
+            if i != keep {
+                self.release(i);
+                removed += 1;
+            }
+            i = next;
+        }
+        removed
     }
 }
 
@@ -887,6 +1448,81 @@ pub(crate) mod tests {
         }
     }
 
+    /// As above with data and subjects; each session's data is checked against a model
+    /// (evictions and expiries only ever take whole sessions).
+    #[test]
+    fn random_operations_with_data_keep_the_invariants() {
+        use rand::{Rng, SeedableRng};
+        use std::collections::HashMap;
+        let (seeds, steps) = if cfg!(miri) { (2, 300) } else { (20, 3000) };
+        for seed in 0..seeds {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut o = Owned::new(2 * 1024 + seed as usize * 300);
+            let mut t = o.table();
+            let mut now = 1000u64;
+            let mut model: HashMap<StoreKey, (Vec<u8>, Option<[u8; 16]>)> = HashMap::new();
+            for step in 0..steps {
+                let n = rng.gen_range(0..100);
+                let k = key(n);
+                let subject = |rng: &mut rand::rngs::StdRng| {
+                    rng.gen_bool(0.7).then(|| [rng.gen_range(0..6u8); 16])
+                };
+                match rng.gen_range(0..12) {
+                    0..=2 => {
+                        let expires = now + rng.gen_range(0..20);
+                        let _ = t.insert(&k, &rec(now), expires, rng.gen_bool(0.3), now);
+                    }
+                    3 => {
+                        t.get(&k, now);
+                    }
+                    4 => t.remove(&k),
+                    5..=7 => {
+                        let len = [0, 1, 40, 46, 100, 300, 2000][rng.gen_range(0..7)];
+                        let d = bytes(len, step as u8);
+                        let s = subject(&mut rng);
+                        match t.write_data(&k, &d, s, now) {
+                            Ok(()) => {
+                                model.insert(k, (d, s));
+                            }
+                            Err(DataError::Gone) => assert!(t.find(&k).is_none()),
+                            Err(DataError::NoRoom) => assert!(len > 1000),
+                        }
+                    }
+                    8 => {
+                        let to = key(rng.gen_range(0..100));
+                        let moved = t.find(&k).is_some() && t.find(&to).is_some() && k != to;
+                        t.move_data(&k, &to);
+                        if moved {
+                            let d = model.remove(&k).unwrap_or_default();
+                            model.insert(to, d);
+                        }
+                    }
+                    9 => {
+                        let s = [rng.gen_range(0..6u8); 16];
+                        let keep = rng.gen_bool(0.5).then_some(k);
+                        t.remove_subject(&s, keep.as_ref());
+                        for (m, (_, ms)) in &model {
+                            if *ms == Some(s) && Some(*m) != keep {
+                                assert!(t.find(m).is_none(), "seed {seed} step {step}");
+                            }
+                        }
+                    }
+                    _ => now += rng.gen_range(0..5),
+                }
+                t.cached = None;
+                model.retain(|m, _| t.find(m).is_some());
+                t.cached = None;
+                t.check_invariants().unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}"));
+                for (m, (d, _)) in &model {
+                    let mut out = Vec::new();
+                    assert!(t.read_data(m, &mut out));
+                    assert_eq!(&out, d, "seed {seed} step {step}");
+                }
+                t.cached = None;
+            }
+        }
+    }
+
     #[test]
     fn evictions_are_counted_and_reported_once_a_minute() {
         let mut o = Owned::new(8 * 1024);
@@ -1001,6 +1637,236 @@ pub(crate) mod tests {
         let mut t = o.table();
         t.insert(&key(1), &rec(0), 100, false, 0).unwrap();
         assert_eq!(t.len(), u32::MAX as usize);
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| seed.wrapping_add(i as u8).wrapping_mul(31)).collect()
+    }
+
+    fn read(t: &mut SlotTable<'_>, k: &StoreKey) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        t.read_data(k, &mut out).then_some(out)
+    }
+
+    const ALICE: [u8; 16] = [0xa1; 16];
+    const BOB: [u8; 16] = [0xb0; 16];
+
+    #[test]
+    fn data_read_write_move_remove() {
+        let mut o = Owned::new(256 * 1024);
+        let mut t = o.table();
+        for n in 0..10 {
+            t.insert(&key(n), &rec(0), 10_000, false, 0).unwrap();
+        }
+        assert_eq!(read(&mut t, &key(1)), Some(vec![]));
+        assert_eq!(read(&mut t, &key(99)), None);
+        assert_eq!(t.write_data(&key(99), b"x", None, 0), Err(DataError::Gone));
+        // Sizes around the chunk boundaries, growing and shrinking in place.
+        for len in [1, 45, 46, 47, 104, 105, 1000, 3, 0, 64 * 1024, 7] {
+            let d = bytes(len, len as u8);
+            t.write_data(&key(1), &d, None, 0).unwrap();
+            assert_eq!(read(&mut t, &key(1)), Some(d), "{len}");
+            t.check_invariants().unwrap_or_else(|e| panic!("{len}: {e}"));
+        }
+        assert_eq!(t.slots_in_use(), 10 + 1);
+        t.write_data(&key(1), &[], None, 0).unwrap();
+        assert_eq!(t.slots_in_use(), 10);
+        // A subject with no other data still takes a chunk (its links) and an entry.
+        t.write_data(&key(2), &[], Some(ALICE), 0).unwrap();
+        assert_eq!(read(&mut t, &key(2)), Some(vec![]));
+        assert_eq!(t.slots_in_use(), 10 + 2);
+        t.write_data(&key(3), b"three", Some(ALICE), 0).unwrap();
+        t.write_data(&key(4), b"four", Some(BOB), 0).unwrap();
+        t.check_invariants().unwrap();
+        // Move: the successor takes the data and the old ID's place under the subject.
+        t.write_data(&key(5), b"overwritten", None, 0).unwrap();
+        t.move_data(&key(3), &key(5));
+        assert_eq!(read(&mut t, &key(3)), Some(vec![]));
+        assert_eq!(read(&mut t, &key(5)), Some(b"three".to_vec()));
+        t.check_invariants().unwrap();
+        // Moving to or from an unknown key changes nothing.
+        t.move_data(&key(5), &key(99));
+        t.move_data(&key(99), &key(5));
+        assert_eq!(read(&mut t, &key(5)), Some(b"three".to_vec()));
+        // A session changes subject.
+        t.write_data(&key(4), b"four", Some(ALICE), 0).unwrap();
+        t.check_invariants().unwrap();
+        assert_eq!(t.header.subjects, 1, "Bob's entry went with his last session");
+        // Remove frees the data and unlinks the subject entry.
+        let before = t.slots_in_use();
+        t.remove(&key(5));
+        assert_eq!(t.slots_in_use(), before - 2);
+        t.check_invariants().unwrap();
+        assert_eq!(t.remove_subject(&ALICE, None), 2);
+        assert_eq!(t.header.subjects, 0);
+        assert_eq!(t.slots_in_use(), t.len());
+        assert_eq!(t.len(), 10 - 3);
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn remove_subject_keeps_the_one_asked() {
+        let mut o = Owned::new(64 * 1024);
+        let mut t = o.table();
+        for n in 0..20 {
+            t.insert(&key(n), &rec(0), 10_000, n % 2 == 0, 0).unwrap();
+            let subject = if n % 3 == 0 { BOB } else { ALICE };
+            t.write_data(&key(n), &bytes(n as usize * 10, 1), Some(subject), 0).unwrap();
+        }
+        t.check_invariants().unwrap();
+        let alice: Vec<u32> = (0..20).filter(|n| n % 3 != 0).collect();
+        assert_eq!(t.remove_subject(&ALICE, Some(&key(7))), alice.len() - 1);
+        t.check_invariants().unwrap();
+        for n in 0..20 {
+            assert_eq!(t.get(&key(n), 0).is_some(), n % 3 == 0 || n == 7, "{n}");
+        }
+        // The kept session is still indexed: removing the subject again takes it.
+        assert_eq!(t.remove_subject(&ALICE, Some(&key(99))), 1);
+        assert!(t.get(&key(7), 0).is_none());
+        assert_eq!(t.remove_subject(&ALICE, None), 0);
+        assert_eq!(t.remove_subject(&BOB, None), 7);
+        assert!(t.is_empty());
+        assert_eq!(t.slots_in_use(), 0);
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn evicting_a_session_frees_its_chunks() {
+        let mut o = Owned::new(16 * 1024);
+        let mut t = o.table();
+        let cap = t.capacity();
+        t.insert(&key(0), &rec(0), 10_000, false, 0).unwrap();
+        t.write_data(&key(0), &bytes(1000, 0), Some(ALICE), 0).unwrap();
+        let weight = 1 + chunks_for(1000);
+        assert_eq!(t.slots_in_use(), weight + 1);
+        // Fill the rest; the first insertion that finds no room evicts key 0 and with it
+        // its chunks and its subject entry.
+        for n in 1..=(cap - weight - 1) as u32 {
+            t.insert(&key(n), &rec(0), 10_000, false, 0).unwrap();
+        }
+        assert_eq!(t.evictions_total(), 0);
+        t.insert(&key(100_000), &rec(0), 10_000, false, 0).unwrap();
+        assert_eq!(t.evictions_total(), 1);
+        assert!(t.get(&key(0), 0).is_none());
+        assert_eq!(t.header.subjects, 0);
+        assert_eq!(t.slots_in_use(), t.len());
+        assert_eq!(t.capacity() - t.len(), weight, "the chunks and entry are free again");
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_table_full_of_data_still_takes_new_sessions() {
+        let mut o = Owned::new(32 * 1024);
+        let mut t = o.table();
+        let cap = t.capacity() as u32;
+        for n in 0..cap {
+            t.insert(&key(n), &rec(0), 10_000, n % 2 == 0, 0).unwrap();
+            t.get(&key(n), 0);
+            let _ = t.write_data(&key(n), &bytes(300, n as u8), Some([n as u8 % 5; 16]), 0);
+        }
+        t.check_invariants().unwrap();
+        assert!(t.slots_in_use() > cap as usize * 9 / 10);
+        // New clients, more than the table holds: never an error.
+        for n in 0..3 * cap {
+            t.insert(&key(1_000_000 + n), &rec(0), 10_000, false, 0).unwrap();
+            if n % 16 == 0 {
+                t.check_invariants().unwrap();
+            }
+        }
+        assert!(t.get(&key(1_000_000 + 3 * cap - 1), 0).is_some());
+        // And data can still be written for the newest.
+        t.write_data(&key(1_000_000 + 3 * cap - 1), &bytes(200, 3), Some(ALICE), 0).unwrap();
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn data_larger_than_the_room_is_refused_and_spares_its_session() {
+        let mut o = Owned::new(8 * 1024);
+        let mut t = o.table();
+        let cap = t.capacity();
+        // The session written is the oldest in probation: next in line for eviction.
+        t.insert(&key(0), &rec(0), 10_000, false, 0).unwrap();
+        t.write_data(&key(0), b"before", Some(ALICE), 0).unwrap();
+        for n in 1..10 {
+            t.insert(&key(n), &rec(0), 10_000, false, 0).unwrap();
+        }
+        let too_big = bytes(cap * CHUNK_BYTES, 9);
+        assert_eq!(t.write_data(&key(0), &too_big, Some(BOB), 0), Err(DataError::NoRoom));
+        t.check_invariants().unwrap();
+        // It evicted the others trying, never the session written, whose data is unchanged.
+        assert_eq!(read(&mut t, &key(0)), Some(b"before".to_vec()));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.remove_subject(&BOB, None), 0);
+        // Data that fits the whole table but the session's own slot and its subject entry.
+        let most = bytes((cap - 2) * CHUNK_BYTES - LINKS_BYTES, 4);
+        t.write_data(&key(0), &most, Some(ALICE), 0).unwrap();
+        assert_eq!(read(&mut t, &key(0)), Some(most));
+        assert_eq!(t.slots_in_use(), cap);
+        t.check_invariants().unwrap();
+        // A new session still gets in, evicting the big one.
+        t.insert(&key(1), &rec(0), 10_000, false, 0).unwrap();
+        assert!(t.get(&key(0), 0).is_none());
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn protected_weight_counts_data() {
+        let mut o = Owned::new(16 * 1024);
+        let mut t = o.table();
+        let cap = t.protected_cap() as usize;
+        for n in 0..cap as u32 {
+            t.insert(&key(n), &rec(0), 10_000, true, 0).unwrap();
+            t.write_data(&key(n), &bytes(100, 1), None, 0).unwrap();
+        }
+        t.check_invariants().unwrap();
+        let protected = t.header.lists[PROTECTED as usize];
+        assert!(protected.weight as usize <= cap);
+        assert_eq!(protected.len as usize, cap / (1 + chunks_for(100)));
+    }
+
+    /// The zone bytes a session takes, with no data and with 100 bytes of data; run with
+    /// `cargo test -p sessions-core table::tests::bytes_per_session -- --nocapture`.
+    #[test]
+    #[cfg_attr(miri, ignore = "fills a 10 MB table twice")]
+    fn bytes_per_session() {
+        let zone = 10 << 20;
+        let (_, slots) = layout(zone);
+        let bare = zone as f64 / slots as f64;
+        // Sessions with 100 bytes of data, each under its own subject (the worst case:
+        // one entry each), and under no subject.
+        let mut o = Owned::new(zone);
+        let mut t = o.table();
+        let mut with_subject = 0u32;
+        for n in 0.. {
+            t.insert(&key(n), &rec(0), 10_000, false, 0).unwrap();
+            let mut subject = [0u8; 16];
+            subject[..4].copy_from_slice(&n.to_le_bytes());
+            t.write_data(&key(n), &bytes(100, 1), Some(subject), 0).unwrap();
+            if t.evictions_total() > 0 {
+                with_subject = n;
+                break;
+            }
+        }
+        let mut o = Owned::new(zone);
+        let mut t = o.table();
+        let mut without_subject = 0u32;
+        for n in 0.. {
+            t.insert(&key(n), &rec(0), 10_000, false, 0).unwrap();
+            t.write_data(&key(n), &bytes(100, 1), None, 0).unwrap();
+            if t.evictions_total() > 0 {
+                without_subject = n;
+                break;
+            }
+        }
+        println!(
+            "10 MB zone: {slots} sessions without data ({bare:.1} B each); with 100 B of \
+             data: {without_subject} sessions ({:.1} B each), {with_subject} when each has \
+             its own subject ({:.1} B each)",
+            zone as f64 / f64::from(without_subject),
+            zone as f64 / f64::from(with_subject),
+        );
+        assert!(bare <= 72.0, "{bare}");
+        assert!(without_subject as usize >= slots / 3);
     }
 
     #[test]
