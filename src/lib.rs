@@ -158,9 +158,9 @@ pub static mut ngx_http_sessions_module: ngx_module_t = ngx_module_t {
     ..ngx_module_t::default()
 };
 
-/// A worker's idle Redis connections are closed as it exits, and its state file write
+/// A worker's Redis connections are closed as it exits, and its state file write
 /// finishes.
 unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    redis::close_idle();
+    redis::close_all();
     state_file::exit_process();
 }

@@ -89,9 +89,13 @@ pub(crate) unsafe fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
     let Some(var) = (unsafe { var.as_mut() }) else {
         return Status::NGX_ERROR.into();
     };
-    var.get_handler = Some(get_data as Getter);
+    var.get_handler = Some(DATA_GETTER);
     Status::NGX_OK.into()
 }
+
+/// The one address of `$session_data_*`'s getter, both registered and looked for by
+/// [`forget_data`].
+static DATA_GETTER: Getter = get_data;
 
 /// `$session_data_<key>`'s prefix.
 const DATA_PREFIX: ngx_str_t = ngx_string!("session_data_");
@@ -154,7 +158,7 @@ pub(crate) unsafe fn forget_data(r: *mut ngx_http_request_t) {
     // one value per element (allocated with the request).
     let vars = unsafe { cmcf.variables.as_slice::<ngx::ffi::ngx_http_variable_t>() };
     for (i, var) in vars.iter().enumerate() {
-        if var.get_handler.is_some_and(|h| h as usize == get_data as Getter as usize) {
+        if var.get_handler.is_some_and(|h| h as usize == DATA_GETTER as usize) {
             // SAFETY: as above: index `i` is within the request's values.
             let value = unsafe { &mut *req.variables.add(i) };
             value.set_valid(0);

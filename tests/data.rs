@@ -16,6 +16,7 @@ const APP: &str = r#"
             add_header X-App-User $arg_app_user;
             return 200 "app\n";
         }
+        location = /nf { return 404; }
     }
 "#;
 
@@ -29,6 +30,7 @@ fn data_site(http_extra: &str) -> String {
     sessions_name {SID};
     sessions_data_size 200;
     log_format data "$session_data_user|$session_data_role|$session_status";
+    map $status $failed {{ "~^[45]" 1; default ""; }}
     {http_extra}
     {APP}
     server {{
@@ -39,6 +41,7 @@ fn data_site(http_extra: &str) -> String {
         add_header X-Pid $pid always;
         add_header X-User $session_data_user always;
         add_header X-Role $session_data_role always;
+        add_header X-Code $session_data_code$session_data_failed always;
         location / {{ proxy_pass http://unix:%%PREFIX%%/app.sock; }}
         location = /set {{
             sessions_set user $arg_user;
@@ -70,6 +73,11 @@ fn data_site(http_extra: &str) -> String {
             proxy_pass http://unix:%%PREFIX%%/app.sock;
         }}
         location = /metrics {{ sessions_metrics; }}
+        location = /nf {{
+            sessions_set code $status;
+            sessions_set failed yes if=$failed;
+            proxy_pass http://unix:%%PREFIX%%/app.sock;
+        }}
         location = /ret {{ sessions_set user returned; return 200 "ret\n"; }}
         location /private/ {{
             sessions_require $session_data_user;
@@ -115,7 +123,9 @@ fn assert_data(ng: &Nginx, sid: &str, user: &str, role: &str) {
     for _ in 0..8 {
         let r = get(ng, "/", sid);
         assert_eq!(r.st(), "valid", "{r}");
-        assert_eq!((r.header("X-User"), r.header("X-Role")), (Some(user), Some(role)), "{r}");
+        // add_header leaves out empty values.
+        let (u, ro) = (r.header("X-User").unwrap_or(""), r.header("X-Role").unwrap_or(""));
+        assert_eq!((u, ro), (user, role), "{r}");
         pids.insert(r.pid().to_string());
     }
     assert!(!pids.is_empty());
@@ -140,6 +150,16 @@ fn set_read_unset_and_if() {
     let log = std::fs::read_to_string(ng.prefix.path.join("logs/data.log")).unwrap();
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines, ["alice|admin|valid", "bob|admin|valid", "|x|valid"], "{log}");
+    ng.check_logs();
+}
+
+#[test]
+fn values_and_conditions_are_computed_at_response_time() {
+    let ng = start("");
+    let sid = begin(&ng);
+    assert_eq!(get(&ng, "/nf", &sid).status, 404);
+    let r = get(&ng, "/", &sid);
+    assert_eq!(r.header("X-Code"), Some("404yes"), "$status and a map of it: {r}");
     ng.check_logs();
 }
 
@@ -200,7 +220,7 @@ fn login_renews_from_an_upstream_header_and_the_old_id_dies_at_once() {
     assert_data(&ng, &new, "alice", "");
     let r = get(&ng, "/", &old);
     assert_eq!(r.st(), "invalid", "the old ID is dead: {r}");
-    assert_eq!(r.header("X-User"), Some(""), "{r}");
+    assert_eq!(r.header("X-User"), None, "{r}");
     ng.check_logs();
 }
 

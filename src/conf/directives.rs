@@ -166,7 +166,7 @@ const LOC: u32 = NGX_HTTP_LOC_CONF;
 const NOARGS: u32 = NGX_CONF_NOARGS;
 
 /// The module's directives (NGINX reads the table, terminated by an empty entry).
-pub(crate) static mut COMMANDS: [ngx_command_t; 27] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 28] = [
     directive!("sessions", HTTP_ANY, FLAG, LocConf.enabled, parse_sessions),
     directive!("sessions_pass_cookie", HTTP_ANY, FLAG, LocConf.pass_cookie, parse_on_off),
     directive!("sessions_secret", HTTP_SRV, TAKE1, SrvConf.secret, parse_secret),
@@ -186,6 +186,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 27] = [
     directive!("sessions_redis", HTTP, TAKE1, MainConf.redis, parse_redis),
     directive!("sessions_redis_timeout", HTTP, TAKE1, MainConf.redis_timeout, parse_msec),
     directive!("sessions_redis_keepalive", HTTP, TAKE1, MainConf.redis_keepalive, parse_keepalive),
+    directive!(
+        "sessions_redis_keepalive_timeout",
+        HTTP,
+        TAKE1,
+        MainConf.redis_keepalive_timeout,
+        parse_msec
+    ),
     directive!("sessions_metrics", LOC, NOARGS, LocConf.metrics, parse_metrics),
     directive!(
         "sessions_state_interval",

@@ -44,6 +44,8 @@ const DEFAULT_ROLLING: u64 = 3600;
 const DEFAULT_ABSOLUTE: u64 = 86400;
 const DEFAULT_REDIS_TIMEOUT: ngx_msec_t = 1000;
 const DEFAULT_REDIS_KEEPALIVE: usize = 10;
+/// BunkerWeb's `REDIS_KEEPALIVE_IDLE` default.
+const DEFAULT_REDIS_KEEPALIVE_TIMEOUT: ngx_msec_t = 30_000;
 const DEFAULT_STATE_INTERVAL: ngx_msec_t = 60_000;
 
 /// Where a directive was written, to point `[emerg]` at it when a later check (at merge
@@ -85,6 +87,7 @@ pub(crate) struct MainConf {
     redis: Option<Setting<RedisSetting>>,
     redis_timeout: Option<Setting<ngx_msec_t>>,
     redis_keepalive: Option<Setting<usize>>,
+    redis_keepalive_timeout: Option<Setting<ngx_msec_t>>,
     /// The resolved Redis store, when `sessions_redis` is set.
     pub(crate) redis_upstream: Option<Upstream>,
     state_interval: Option<Setting<ngx_msec_t>>,
@@ -214,6 +217,10 @@ impl MainConf {
                 ),
                 timeout: value_or(&self.redis_timeout, DEFAULT_REDIS_TIMEOUT),
                 keepalive: value_or(&self.redis_keepalive, DEFAULT_REDIS_KEEPALIVE),
+                keepalive_timeout: value_or(
+                    &self.redis_keepalive_timeout,
+                    DEFAULT_REDIS_KEEPALIVE_TIMEOUT,
+                ),
             });
         }
         Ok(())
