@@ -3,58 +3,82 @@
 //! (`sessions_renew`) and destruction (`sessions_destroy`), applied when the response
 //! header goes out. Pure: no I/O, time passed in.
 //!
-//! It starts from the session the request's [`crate::redis_flow::Flow`] decided on (its key,
-//! record, data and the exact value Redis holds). One script does everything in one round
-//! trip, atomically: a compare-and-set against that value (a concurrent writer makes it
-//! answer with the current value, on which the changes are merged again, a few times at
-//! most), the subject sets following the session, and the destruction of the subject's
-//! other sessions through its set (no `KEYS`/`SCAN`). A session that is gone meanwhile is
-//! never brought back ([`Refused::Gone`]).
+//! It starts from the session the request's [`crate::redis_flow::Flow`] decided on. One
+//! script does everything in one round trip, atomically: the changes are merged into the
+//! data Redis holds *now* (so concurrent writers of one session never conflict: each
+//! change lands, the later one of the same key wins), under the size limit; the subject
+//! sets follow the session; the subject's other sessions are destroyed through its set (no
+//! `KEYS`/`SCAN`). A session that is gone meanwhile (or renewed by a rolling renewal, whose
+//! successor this request does not know) is never written ([`Refused::Gone`]).
 
 use crate::cookie::{SessionId, StoreKey};
-use crate::data::{self, Actions, Applied, CookieChange, Data, Destroy, Refused};
+use crate::data::{
+    self, Actions, Applied, Changes, CookieChange, Data, Destroy, Refused, TooLarge,
+};
 use crate::redis_flow::{subject_set_ttl, Reply, Stored};
 use crate::redis_record::{self, session_key, subject_set_key};
-use crate::session::{Policy, Record};
-
-/// Merges tried against concurrent writers before the change is given up (`Store`).
-const MAX_ATTEMPTS: u8 = 4;
+use crate::session::Policy;
 
 /// `KEYS[1]`: the session's key; `KEYS[2]`: its key after the response (a new one when
-/// renewed). `ARGV`: mode (`w`: write, `d`: destroy this), expected value, new value, TTL
-/// (`0`: keep), subject set to leave, subject set to join, that set's TTL, subject set
-/// whose sessions are destroyed (but this one, when writing). Replies: the number of other
-/// sessions destroyed; the current value when it is not the expected one; nil when the
-/// session is gone.
+/// renewed). `ARGV`: mode (`w`: write, `d`: destroy this), the record to write instead of
+/// the current one (renewal) or empty, TTL (`0`: keep), the data size limit, subject set to
+/// leave, subject set to join, that set's TTL, subject set whose other sessions are
+/// destroyed, then the changes as key, value pairs (empty value: remove). The value's layout
+/// is `redis_record`'s (version 3; flag 2: renewed). Replies: nil when the session is gone
+/// (or renewed, or not ours); else `"<destroyed> <refused size, 0 if none> <new value>"`.
 const SCRIPT_COMMIT: &str = "local k1, k2 = KEYS[1], KEYS[2] \
+local out, refused, n = '', 0, 0 \
 if ARGV[1] == 'w' then \
 local cur = redis.call('GET', k1) \
-if cur ~= ARGV[2] then return cur end \
+if not cur or #cur < 13 or cur:byte(1) ~= 3 or cur:byte(2) >= 2 then return false end \
+local pos = 3 \
+for i = 1, 3 do while cur:byte(pos) >= 128 do pos = pos + 1 end pos = pos + 1 end \
+pos = pos + 8 \
+local rec, data, new = cur:sub(1, pos - 1), {}, {} \
+while pos <= #cur do \
+local kl = cur:byte(pos) \
+local vl = cur:byte(pos + kl + 1) + 256 * cur:byte(pos + kl + 2) \
+local k, v = cur:sub(pos + 1, pos + kl), cur:sub(pos + kl + 3, pos + kl + 2 + vl) \
+data[k] = v new[k] = v \
+pos = pos + kl + 3 + vl end \
+for i = 9, #ARGV, 2 do if ARGV[i + 1] == '' then new[ARGV[i]] = nil else new[ARGV[i]] = ARGV[i + 1] end end \
+local size, keys, parts = 0, {}, {} \
+for k, v in pairs(new) do size = size + 3 + #k + #v end \
+if size > tonumber(ARGV[4]) then refused = size new = data end \
+for k in pairs(new) do keys[#keys + 1] = k end \
+table.sort(keys) \
+for _, k in ipairs(keys) do local v = new[k] \
+parts[#parts + 1] = string.char(#k) .. k .. string.char(#v % 256, math.floor(#v / 256)) .. v end \
+if ARGV[2] ~= '' then rec = ARGV[2] end \
+out = rec .. table.concat(parts) \
 if k2 ~= k1 then redis.call('DEL', k1) end \
-if ARGV[4] == '0' then redis.call('SET', k2, ARGV[3], 'KEEPTTL') \
-else redis.call('SET', k2, ARGV[3], 'EX', ARGV[4]) end \
+if ARGV[3] == '0' then redis.call('SET', k2, out, 'KEEPTTL') \
+else redis.call('SET', k2, out, 'EX', ARGV[3]) end \
 else redis.call('DEL', k1) k2 = k1 end \
 if ARGV[5] ~= '' then redis.call('SREM', ARGV[5], k1) end \
 if ARGV[6] ~= '' then redis.call('SADD', ARGV[6], k2) \
 if redis.call('TTL', ARGV[6]) < tonumber(ARGV[7]) then redis.call('EXPIRE', ARGV[6], ARGV[7]) end end \
-local n = 0 \
 if ARGV[8] ~= '' then \
 for _, m in ipairs(redis.call('SMEMBERS', ARGV[8])) do \
 if m ~= k1 and m ~= k2 then n = n + redis.call('DEL', m) redis.call('SREM', ARGV[8], m) end \
 end end \
-return n";
+return n .. ' ' .. refused .. ' ' .. out";
 
-/// The one command of a commit attempt.
+/// The one command of a commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Compare-and-set of `key` (renamed to `new_key` when renewed), with the subject sets.
+    /// Merges `changes` into `key`'s data (renamed to `new_key` with `record` when
+    /// renewed), with the subject sets.
     Write {
         key: StoreKey,
         new_key: StoreKey,
-        expected: Vec<u8>,
-        value: Vec<u8>,
+        /// The record part of the value to write instead of the current one (renewal).
+        record: Option<Vec<u8>>,
         /// `None`: the key keeps its TTL.
         ttl: Option<u64>,
+        /// `sessions_data_size`.
+        limit: usize,
+        changes: Changes,
         sets: Sets,
     },
     /// Deletes `key` (whatever its value), with the subject sets.
@@ -78,24 +102,38 @@ impl Command {
         let set = |s: Option<[u8; 16]>| s.map(|s| subject_set_key(&s)).unwrap_or_default();
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(SCRIPT_COMMIT).arg(2);
-        let sets = match self {
-            Command::Write { key, new_key, expected, value, ttl, sets } => {
+        let (sets, changes) = match self {
+            Command::Write { key, new_key, record, ttl, limit, changes, sets } => {
                 cmd.arg(session_key(key)).arg(session_key(new_key));
-                cmd.arg("w").arg(&expected[..]).arg(&value[..]).arg(ttl.unwrap_or(0));
-                sets
+                cmd.arg("w").arg(record.as_deref().unwrap_or_default());
+                cmd.arg(ttl.unwrap_or(0)).arg((*limit).min(data::MAX_DATA_SIZE));
+                (sets, Some(changes))
             }
             Command::Destroy { key, sets } => {
                 cmd.arg(session_key(key)).arg(session_key(key));
-                cmd.arg("d").arg("").arg("").arg(0);
-                sets
+                cmd.arg("d").arg("").arg(0).arg(0);
+                (sets, None)
             }
         };
         cmd.arg(set(sets.leave))
             .arg(set(sets.join.map(|(s, _)| s)))
             .arg(sets.join.map(|(_, t)| t).unwrap_or(0))
             .arg(set(sets.destroy));
+        for (key, value) in changes.iter().flat_map(|c| c.iter()) {
+            cmd.arg(key).arg(value);
+        }
         cmd.get_packed_command()
     }
+}
+
+/// Splits the script's reply: other sessions destroyed, the refused size (0: none), the
+/// value written (empty when destroyed).
+pub fn parse_reply(reply: &[u8]) -> Option<(usize, usize, &[u8])> {
+    let mut parts = reply.splitn(3, |&b| b == b' ');
+    let number = |p: Option<&[u8]>| core::str::from_utf8(p?).ok()?.parse::<usize>().ok();
+    let destroyed = number(parts.next())?;
+    let refused = number(parts.next())?;
+    Some((destroyed, refused, parts.next()?))
 }
 
 /// What the glue does next.
@@ -105,29 +143,17 @@ pub enum Step {
     Done(Applied),
 }
 
-/// The write in flight: what the session becomes if it succeeds.
-#[derive(Clone, Debug)]
-struct Pending {
-    id: SessionId,
-    data: Data,
-    destroyed_this: bool,
-}
-
 /// One response's commit.
 #[derive(Clone, Debug)]
 pub struct Commit {
-    actions: Actions,
     limit: usize,
-    now: u64,
-    policy: Policy,
     /// The session as the request saw it: the answer when nothing could be done.
     original: Stored,
-    /// The ID an explicit renewal gives (drawn once: every attempt writes the same).
-    renewed: Option<SessionId>,
-    /// Why the sets were not applied (the data would have been too large).
-    refused: Option<Refused>,
-    pending: Option<Pending>,
-    attempts: u8,
+    /// The session's ID after the response if the command succeeds.
+    id: SessionId,
+    renewed: bool,
+    destroyed_this: bool,
+    in_flight: bool,
 }
 
 impl Commit {
@@ -141,137 +167,112 @@ impl Commit {
         policy: &Policy,
     ) -> (Commit, Step) {
         let mut commit = Commit {
-            actions: actions.clone(),
             limit,
-            now,
-            policy: *policy,
             original: stored.clone(),
-            renewed: actions.renew.then(SessionId::random),
-            refused: None,
-            pending: None,
-            attempts: 0,
+            id: stored.id,
+            renewed: false,
+            destroyed_this: false,
+            in_flight: false,
         };
-        let step = commit.attempt(stored.record, stored.data.clone(), stored.value.clone());
-        (commit, step)
+        let key = stored.id.store_key();
+        // The data as this request expects it after the sets (what the subject sets follow;
+        // the script merges into what Redis holds then).
+        let (expected, too_large) = match stored.data.apply(&actions.changes, limit) {
+            Ok(d) => (d, None),
+            Err(t) => (stored.data.clone(), Some(t)),
+        };
+        let old_subject = stored.data.subject().map(data::subject_key);
+        let new_subject = expected.subject().map(data::subject_key);
+        if let Some(Destroy::This | Destroy::All) = actions.destroy {
+            let all = actions.destroy == Some(Destroy::All);
+            let sets =
+                Sets { leave: old_subject, join: None, destroy: new_subject.filter(|_| all) };
+            commit.destroyed_this = true;
+            commit.in_flight = true;
+            return (commit, Step::Send(Command::Destroy { key, sets }));
+        }
+        if !actions.renew && actions.destroy.is_none() && expected == stored.data {
+            // Nothing to write (no change, or every change refused).
+            let refused = too_large.map(Refused::TooLarge);
+            return (commit, Step::Done(commit_unchanged(stored, refused)));
+        }
+        let (record, ttl) = if actions.renew {
+            commit.id = SessionId::random();
+            commit.renewed = true;
+            let succ = stored.record.successor(now);
+            let ttl = succ.expires_at(policy).saturating_sub(now).max(1);
+            (Some(redis_record::encode(&succ, &Data::new())), Some(ttl))
+        } else {
+            (None, None)
+        };
+        let sets = Sets {
+            leave: old_subject.filter(|&s| Some(s) != new_subject || actions.renew),
+            join: new_subject.map(|s| (s, subject_set_ttl(policy))),
+            destroy: new_subject.filter(|_| actions.destroy == Some(Destroy::Others)),
+        };
+        commit.in_flight = true;
+        let cmd = Command::Write {
+            key,
+            new_key: commit.id.store_key(),
+            record,
+            ttl,
+            limit,
+            changes: actions.changes.clone(),
+            sets,
+        };
+        (commit, Step::Send(cmd))
     }
 
     /// The outcome when Redis could not be used: nothing changed.
     pub fn failed(&mut self) -> Applied {
-        self.pending = None;
-        Applied {
-            id: Some(self.original.id),
-            data: self.original.data.clone(),
-            cookie: CookieChange::Keep,
-            destroyed_this: false,
-            destroyed_others: 0,
-            refused: Some(Refused::Store),
-        }
-    }
-
-    fn unchanged(&self, refused: Option<Refused>) -> Applied {
-        Applied {
-            id: Some(self.original.id),
-            data: self.original.data.clone(),
-            cookie: CookieChange::Keep,
-            destroyed_this: false,
-            destroyed_others: 0,
-            refused,
-        }
-    }
-
-    /// One attempt against the session's current state (`record`, `data`, exactly `value`).
-    fn attempt(&mut self, record: Record, current: Data, value: Vec<u8>) -> Step {
-        self.attempts += 1;
-        if self.attempts > MAX_ATTEMPTS {
-            return Step::Done(self.failed());
-        }
-        let key = self.original.id.store_key();
-        // The sets first; too large refuses them all, renewal and destruction still go.
-        let data = match current.apply(&self.actions.changes, self.limit) {
-            Ok(d) => {
-                self.refused = None;
-                d
-            }
-            Err(too_large) => {
-                self.refused = Some(Refused::TooLarge(too_large));
-                current.clone()
-            }
-        };
-        let old_subject = current.subject().map(data::subject_key);
-        let new_subject = data.subject().map(data::subject_key);
-        if let Some(Destroy::This | Destroy::All) = self.actions.destroy {
-            let destroy =
-                (self.actions.destroy == Some(Destroy::All)).then_some(new_subject).flatten();
-            let sets = Sets { leave: old_subject, join: None, destroy };
-            self.pending =
-                Some(Pending { id: self.original.id, data: Data::new(), destroyed_this: true });
-            return Step::Send(Command::Destroy { key, sets });
-        }
-        if self.renewed.is_none() && self.actions.destroy.is_none() && data == current {
-            // Nothing to write (no change, or every change refused).
-            return Step::Done(self.unchanged(self.refused));
-        }
-        let (new_id, new_record, ttl) = match self.renewed {
-            Some(new_id) => {
-                let succ = record.successor(self.now);
-                let ttl = succ.expires_at(&self.policy).saturating_sub(self.now).max(1);
-                (new_id, succ, Some(ttl))
-            }
-            None => (self.original.id, record, None),
-        };
-        let sets = Sets {
-            leave: old_subject.filter(|&s| Some(s) != new_subject || self.renewed.is_some()),
-            join: new_subject.map(|s| (s, subject_set_ttl(&self.policy))),
-            destroy: (self.actions.destroy == Some(Destroy::Others))
-                .then_some(new_subject)
-                .flatten(),
-        };
-        let new_value = redis_record::encode(&new_record, &data);
-        self.pending = Some(Pending { id: new_id, data, destroyed_this: false });
-        Step::Send(Command::Write {
-            key,
-            new_key: new_id.store_key(),
-            expected: value,
-            value: new_value,
-            ttl,
-            sets,
-        })
+        self.in_flight = false;
+        commit_unchanged(&self.original, Some(Refused::Store))
     }
 
     /// Feeds the reply to the command sent.
     pub fn on_reply(&mut self, reply: Reply) -> Step {
-        let Some(pending) = self.pending.take() else { return Step::Done(self.failed()) };
-        match reply {
-            Reply::Int(destroyed_others) => {
-                let cookie = if pending.destroyed_this {
-                    CookieChange::Expire
-                } else if self.renewed.is_some() {
-                    CookieChange::Set(pending.id)
-                } else {
-                    CookieChange::Keep
-                };
-                Step::Done(Applied {
-                    id: (!pending.destroyed_this).then_some(pending.id),
-                    data: pending.data,
-                    cookie,
-                    destroyed_this: pending.destroyed_this,
-                    destroyed_others: usize::try_from(destroyed_others).unwrap_or(0),
-                    refused: self.refused,
-                })
-            }
-            // Someone wrote the session meanwhile: merge again on what is there now.
-            Reply::Bulk(value) => match redis_record::decode(&value) {
-                // Renewed by a rolling renewal meanwhile: the session lives on under its
-                // successor, which this request does not know; not written here.
-                Some((record, _)) if record.renewed_at != 0 => {
-                    Step::Done(self.unchanged(Some(Refused::Gone)))
-                }
-                Some((record, data)) => self.attempt(record, data, value),
-                None => Step::Done(self.unchanged(Some(Refused::Gone))),
-            },
-            Reply::Nil => Step::Done(self.unchanged(Some(Refused::Gone))),
-            Reply::Ok | Reply::Error(_) => Step::Done(self.failed()),
+        if !core::mem::replace(&mut self.in_flight, false) {
+            return Step::Done(self.failed());
         }
+        let parsed = match &reply {
+            Reply::Bulk(b) => parse_reply(b).and_then(|(destroyed, refused, value)| {
+                let data = match self.destroyed_this {
+                    true => Data::new(),
+                    false => redis_record::decode(value)?.1,
+                };
+                Some((destroyed, refused, data))
+            }),
+            Reply::Nil => return Step::Done(commit_unchanged(&self.original, Some(Refused::Gone))),
+            _ => None,
+        };
+        let Some((destroyed_others, refused, data)) = parsed else {
+            return Step::Done(self.failed());
+        };
+        let cookie = match (self.destroyed_this, self.renewed) {
+            (true, _) => CookieChange::Expire,
+            (false, true) => CookieChange::Set(self.id),
+            (false, false) => CookieChange::Keep,
+        };
+        Step::Done(Applied {
+            id: (!self.destroyed_this).then_some(self.id),
+            data,
+            cookie,
+            destroyed_this: self.destroyed_this,
+            destroyed_others,
+            refused: (refused > 0)
+                .then_some(Refused::TooLarge(TooLarge { size: refused, limit: self.limit })),
+        })
+    }
+}
+
+fn commit_unchanged(stored: &Stored, refused: Option<Refused>) -> Applied {
+    Applied {
+        id: Some(stored.id),
+        data: stored.data.clone(),
+        cookie: CookieChange::Keep,
+        destroyed_this: false,
+        destroyed_others: 0,
+        refused,
     }
 }
 
@@ -287,23 +288,35 @@ mod tests {
         /// Runs the commit script as Redis would.
         fn commit(&mut self, cmd: &Command) -> Reply {
             self.commands += 1;
-            let (k1, k2, sets) = match cmd {
-                Command::Write { key, new_key, expected, value, ttl, sets } => {
+            let (k1, k2, sets, out, refused) = match cmd {
+                Command::Write { key, new_key, record, ttl, limit, changes, sets } => {
                     let (k1, k2) = (session_key(key), session_key(new_key));
                     let Some((cur, cur_ttl)) = self.data.get(&k1).cloned() else {
                         return Reply::Nil;
                     };
-                    if cur != *expected {
-                        return Reply::Bulk(cur);
+                    let Some((rec, data)) = redis_record::decode(&cur) else {
+                        return Reply::Nil;
+                    };
+                    if rec.renewed_at != 0 {
+                        return Reply::Nil;
                     }
+                    let (new, refused) = match data.apply(changes, *limit) {
+                        Ok(d) => (d, 0),
+                        Err(t) => (data, t.size),
+                    };
+                    let mut out = match record {
+                        Some(r) => r.clone(),
+                        None => redis_record::encode(&rec, &Data::new()),
+                    };
+                    out.extend_from_slice(new.encoded());
                     self.data.remove(&k1);
-                    self.data.insert(k2.clone(), (value.clone(), ttl.unwrap_or(cur_ttl)));
-                    (k1, k2, sets)
+                    self.data.insert(k2.clone(), (out.clone(), ttl.unwrap_or(cur_ttl)));
+                    (k1, k2, sets, out, refused)
                 }
                 Command::Destroy { key, sets } => {
                     let k = session_key(key);
                     self.data.remove(&k);
-                    (k.clone(), k, sets)
+                    (k.clone(), k, sets, Vec::new(), 0)
                 }
             };
             if let Some(s) = sets.leave {
@@ -316,11 +329,13 @@ mod tests {
             if let Some(s) = sets.destroy {
                 let members: Vec<_> = self.set(&s, 0).iter().cloned().collect();
                 for m in members.into_iter().filter(|m| *m != k1 && *m != k2) {
-                    n += i64::from(self.data.remove(&m).is_some());
+                    n += usize::from(self.data.remove(&m).is_some());
                     self.set(&s, 0).remove(&m);
                 }
             }
-            Reply::Int(n)
+            let mut reply = format!("{n} {refused} ").into_bytes();
+            reply.extend_from_slice(&out);
+            Reply::Bulk(reply)
         }
 
         fn apply(&mut self, stored: &Stored, actions: &Actions, now: u64) -> Applied {
@@ -443,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_writers_are_merged() {
+    fn concurrent_writers_are_merged_in_redis() {
         let mut r = FakeRedis::default();
         let s = r.session(1000);
         // Another request (another instance) sets `a` after this one read the session.
@@ -451,33 +466,28 @@ mod tests {
         assert_eq!(other.refused, None);
         let commands = r.commands;
         let a = r.apply(&s, &sets(&[("b", "2")]), 1000);
-        assert_eq!(r.commands, commands + 2, "conflict, then merged");
+        assert_eq!(r.commands, commands + 1, "no conflict: merged by the script");
         assert_eq!((a.data.get(b"a"), a.data.get(b"b")), (Some(&b"1"[..]), Some(&b"2"[..])));
         assert_eq!(r.data_of(&s.id), Some(a.data));
-        // A touch meanwhile (the record changed): merged as well.
+        // A touch meanwhile (the record changed): merged as well, the touch kept.
         let (_, touched) = r.returning(s.id, 1005);
-        assert_ne!(touched.unwrap().value, s.value);
+        let touched = touched.unwrap();
         assert_eq!(r.apply(&s, &sets(&[("c", "3")]), 1005).data.len(), 3 * 5);
+        let (st, now) = r.returning(s.id, 1005);
+        assert_eq!((st, now.unwrap().record), (Status::Valid, touched.record));
     }
 
     #[test]
-    fn writers_that_never_stop_give_up_with_store() {
+    fn errors_and_foreign_replies_are_store_failures() {
         let s = FakeRedis::default().session(1000);
-        let (mut c, mut step) = Commit::start(&s, &sets(&[("a", "1")]), 1024, 1000, &POLICY);
-        for i in 0.. {
-            match step {
-                Step::Send(_) => {
-                    let other = Record { last_seen: 1000 + i, ..s.record };
-                    step = c.on_reply(Reply::Bulk(redis_record::encode(&other, &s.data)));
-                }
-                Step::Done(a) => {
-                    assert_eq!((i, a.refused), (MAX_ATTEMPTS as u64, Some(Refused::Store)));
-                    break;
-                }
-            }
+        for reply in [Reply::Error("BUSY".into()), Reply::Bulk(b"x".to_vec()), Reply::Int(1)] {
+            let (mut c, _) = Commit::start(&s, &sets(&[("a", "1")]), 1024, 1000, &POLICY);
+            let Step::Done(a) = c.on_reply(reply) else { panic!() };
+            assert_eq!(a, Applied { refused: Some(Refused::Store), ..r_unchanged(&s) });
         }
-        let (mut c, _) = Commit::start(&s, &sets(&[("a", "1")]), 1024, 1000, &POLICY);
-        assert_eq!(c.on_reply(Reply::Error("BUSY".into())), Step::Done(c.failed()));
+        assert_eq!(parse_reply(b"2 0 abc"), Some((2, 0, &b"abc"[..])));
+        assert_eq!(parse_reply(b"0 12 "), Some((0, 12, &b""[..])));
+        assert_eq!(parse_reply(b"x 0 "), None);
     }
 
     #[test]
@@ -583,16 +593,21 @@ mod tests {
         let text = String::from_utf8_lossy(&cmd).into_owned();
         assert!(text.starts_with("*13\r\n$4\r\nEVAL\r\n"), "{text}");
         let s = data::subject_key(b"x");
+        let mut changes = Changes::new();
+        changes.set(b"user", b"alice");
         let cmd = Command::Write {
             key: StoreKey([1; 16]),
             new_key: StoreKey([2; 16]),
-            expected: vec![1],
-            value: vec![2],
+            record: None,
             ttl: None,
+            limit: 1 << 20,
+            changes,
             sets: Sets { leave: Some(s), join: Some((s, 300)), destroy: None },
         };
         let text = String::from_utf8_lossy(&cmd.encode()).into_owned();
         assert!(text.contains(&String::from_utf8_lossy(&subject_set_key(&s)).into_owned()));
         assert!(text.contains("$3\r\n300\r\n"));
+        assert!(text.contains("$5\r\n65536\r\n"), "the limit is at most 64k");
+        assert!(text.ends_with("$4\r\nuser\r\n$5\r\nalice\r\n"), "{text}");
     }
 }
