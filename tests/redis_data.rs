@@ -49,6 +49,10 @@ fn redis_site(redis: &Redis, slow_port: u16, extra: &str) -> String {
             sessions_set user $arg_user;
             try_files /index.html =404;
         }}
+        location = /setk {{
+            {setk}
+            proxy_pass http://unix:%%PREFIX%%/app.sock;
+        }}
         location = /head-set {{
             sessions_set user $arg_user;
             proxy_pass http://unix:%%PREFIX%%/app.sock;
@@ -79,6 +83,9 @@ fn redis_site(redis: &Redis, slow_port: u16, extra: &str) -> String {
     }}
 "#,
         redis_port = redis.port,
+        setk = (0..10)
+            .map(|i| format!("sessions_set k{i} $arg_k{i} if=$arg_k{i};"))
+            .collect::<String>(),
     );
     main_conf(&body, 2)
 }
@@ -152,6 +159,54 @@ fn data_is_shared_by_instances_and_held_header_carries_it() {
             buf.extend_from_slice(&chunk[..n]);
         }
         valid_as(b.port, &sid, who);
+    }
+    a.check_logs();
+    b.check_logs();
+}
+
+#[test]
+fn too_large_is_refused_with_one_error_and_concurrent_writers_all_land() {
+    let redis = Redis::start();
+    let (a, b) = (start(&redis, ""), start(&redis, ""));
+    let sid = begin(a.port);
+    get(a.port, "/set?user=alice", &sid);
+    let before = a.error_log_lines();
+    let r = get(a.port, &format!("/set?user={}", "x".repeat(300)), &sid);
+    assert_eq!(r.status, 200, "the response goes on: {r}");
+    let lines: Vec<String> =
+        a.error_log_since(before).into_iter().filter(|l| l.contains("not changed")).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("[error]") && lines[0].contains("sessions_data_size 200"),
+        "{lines:?}"
+    );
+    valid_as(b.port, &sid, "alice");
+    // Ten requests on two instances, each setting its own key of one session at once: the
+    // script merges each into what Redis holds, none is lost.
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            let (sid, port) = (sid.clone(), if i % 2 == 0 { a.port } else { b.port });
+            thread::spawn(move || get(port, &format!("/setk?k{i}=v{i}"), &sid).status)
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    let key = redis
+        .cmd(&["KEYS", "s:*"])
+        .items()
+        .iter()
+        .map(|k| k.text())
+        .find(|k| redis.cmd(&["GET", k]).bytes().windows(5).any(|w| w == b"alice"))
+        .expect("the session's key");
+    let value = redis.cmd(&["GET", &key]).bytes();
+    for i in 0..10 {
+        let entry = format!("k{i}");
+        assert!(
+            value.windows(entry.len()).any(|w| w == entry.as_bytes()),
+            "k{i} lost: {}",
+            String::from_utf8_lossy(&value)
+        );
     }
     a.check_logs();
     b.check_logs();
