@@ -26,16 +26,23 @@ const APP: &str = r#"
 
 /// The test site on Redis; `/slow-set` proxies to `slow_port` (a test's own upstream).
 fn redis_site(redis: &Redis, slow_port: u16, extra: &str) -> String {
+    redis_site_with(redis, slow_port, extra, "")
+}
+
+/// As [`redis_site`], with more directives in the test server.
+fn redis_site_with(redis: &Redis, slow_port: u16, extra: &str, listen: &str) -> String {
     let body = format!(
         r#"
     sessions_secret {SECRET};
     sessions_name {SID};
     sessions_data_size 200;
+    log_format slow "$status $body_bytes_sent";
     sessions_redis redis://127.0.0.1:{redis_port};
     {extra}
     {APP}
     server {{
         listen 127.0.0.1:%%PORT%% reuseport;
+        {listen}
         sessions on;
         add_header X-Status $session_status always;
         add_header X-Pid $pid always;
@@ -78,11 +85,13 @@ fn redis_site(redis: &Redis, slow_port: u16, extra: &str) -> String {
         }}
         location = /slow-set {{
             sessions_set user paused;
+            access_log %%PREFIX%%/logs/slow.log slow;
             proxy_pass http://127.0.0.1:{slow_port};
         }}
     }}
 "#,
         redis_port = redis.port,
+        listen = listen,
         setk = (0..10)
             .map(|i| format!("sessions_set k{i} $arg_k{i} if=$arg_k{i};"))
             .collect::<String>(),
@@ -210,6 +219,35 @@ fn too_large_is_refused_with_one_error_and_concurrent_writers_all_land() {
     }
     a.check_logs();
     b.check_logs();
+}
+
+#[test]
+fn http2_streams_wait_for_redis_and_go_on() {
+    let redis = Redis::start();
+    // HTTP/1.1 and h2c (prior knowledge) on the same port.
+    let ng = Nginx::start_template(&redis_site_with(&redis, 9, "", "http2 on;"), 2);
+    let h2 = ng.port;
+    let sid = begin(ng.port);
+    // Two HTTP/2 requests at once, each holding its header until Redis confirms (curl
+    // 7.88 drops the second of a `--parallel` pair that waits to multiplex, hence
+    // `--parallel-immediate`).
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "--parallel", "--parallel-immediate"])
+        .args(["--max-time", "5", "-A", UA])
+        .args(["-H", &format!("Cookie: {SID}={sid}"), "-o", "/dev/null", "-o", "/dev/null"])
+        .args(["-w", "%{http_version} %{http_code}\\n"])
+        .arg(format!("http://127.0.0.1:{h2}/setk?k1=a"))
+        .arg(format!("http://127.0.0.1:{h2}/setk?k2=b"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.lines().filter(|l| *l == "2 200").count(), 2, "{text}");
+    let key = redis.cmd(&["KEYS", "s:*"]).items()[0].text();
+    let value = redis.cmd(&["GET", &key]).bytes();
+    for entry in [&b"k1\x01\x00a"[..], b"k2\x01\x00b"] {
+        assert!(value.windows(entry.len()).any(|w| w == entry), "{value:?}");
+    }
+    ng.check_logs();
 }
 
 #[test]
@@ -347,6 +385,8 @@ fn redis_paused_during_a_write_answers_in_time_with_one_error() {
     assert_eq!((r.status, r.body_str().as_str()), (200, "slow\n"), "{r}");
     assert!(took < Duration::from_millis(500 + 700), "held {took:?}");
     assert!(took >= Duration::from_millis(400), "not held at all? {took:?}");
+    let log = std::fs::read_to_string(ng.prefix.path.join("logs/slow.log")).unwrap();
+    assert_eq!(log.trim(), "200 5", "the response went on, body and all: {log}");
     let lines = ng.error_log_since(before);
     let errors: Vec<_> = lines.iter().filter(|l| l.contains("not changed")).collect();
     assert_eq!(errors.len(), 1, "{lines:?}");
@@ -403,6 +443,9 @@ fn a_client_that_leaves_while_its_response_waits_leaves_nothing_behind() {
     // Its timeout passes with nothing left to run.
     thread::sleep(Duration::from_millis(1200));
     assert_eq!(user(ng.port, &sid).0, "valid");
+    // It ended while held: 499, nothing sent.
+    let log = std::fs::read_to_string(ng.prefix.path.join("logs/slow.log")).unwrap();
+    assert_eq!(log.trim(), "499 0", "{log}");
     ng.allow_log("is unavailable");
     ng.allow_log("is available again");
     ng.allow_log("not changed");
