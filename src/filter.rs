@@ -213,6 +213,7 @@ pub(crate) unsafe fn apply(
         }
     }
     ctx.eval.id = applied.id;
+    let changed = ctx.data != applied.data;
     ctx.data = applied.data;
     metrics::with_worker(|w| {
         if applied.destroyed_this {
@@ -222,8 +223,10 @@ pub(crate) unsafe fn apply(
             w.destroyed(DestroyReason::Subject, applied.destroyed_others as u64);
         }
     });
-    // SAFETY: the caller's contract.
-    unsafe { variables::forget_data(r) };
+    if changed {
+        // SAFETY: the caller's contract.
+        unsafe { variables::forget_data(r) };
+    }
     // SAFETY: as above.
     unsafe { emit_cookie(r, ctx) }
 }

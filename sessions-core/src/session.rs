@@ -398,7 +398,8 @@ pub trait Table {
         subject: Option<[u8; 16]>,
         now: u64,
     ) -> Result<(), DataError>;
-    /// Gives `to` the data and subject of `from` (renewal); `from` keeps none.
+    /// Gives `to` the data and subject of `from` (renewal); `from` keeps none. Nothing
+    /// changes when either session is unknown.
     fn move_data(&mut self, from: &StoreKey, to: &StoreKey);
     /// Removes every session indexed under `subject` but `keep`; returns how many.
     fn remove_subject(&mut self, subject: &[u8; 16], keep: Option<&StoreKey>) -> usize;
@@ -704,13 +705,15 @@ mod tests {
             }
             Ok(())
         }
+        // As `SlotTable`: nothing unless both sessions exist; then `to` has what `from` had.
         fn move_data(&mut self, from: &StoreKey, to: &StoreKey) {
-            match self.data.remove(from) {
-                Some(d) if self.map.contains_key(to) => {
-                    self.data.insert(*to, d);
-                }
-                _ => {}
+            if from == to || !self.map.contains_key(from) || !self.map.contains_key(to) {
+                return;
             }
+            match self.data.remove(from) {
+                Some(d) => self.data.insert(*to, d),
+                None => self.data.remove(to),
+            };
         }
         fn remove_subject(&mut self, subject: &[u8; 16], keep: Option<&StoreKey>) -> usize {
             let gone: Vec<StoreKey> = self
@@ -1241,5 +1244,20 @@ mod tests {
             (0, true, CookieChange::Expire)
         );
         assert_eq!(again(&mut t, bob, 1007, &ALICE).status, Status::Invalid);
+    }
+
+    #[test]
+    fn a_renewal_the_store_cannot_take_keeps_the_old_id() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        t.full = true;
+        let renew = Actions { renew: true, ..Actions::default() };
+        let a = respond(&mut t, id, &renew, 1024, 1001, &POLICY);
+        assert_eq!(
+            (a.id, a.cookie, a.refused),
+            (Some(id), CookieChange::Keep, Some(Refused::Store))
+        );
+        t.full = false;
+        assert_eq!(again(&mut t, id, 1002, &ALICE).status, Status::Valid);
     }
 }

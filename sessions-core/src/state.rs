@@ -568,6 +568,85 @@ mod tests {
     }
 
     #[test]
+    fn data_and_subjects_come_back_with_their_sessions() {
+        let mut src = Owned::new(64 * 1024);
+        let mut t = src.table();
+        for n in 0..100 {
+            t.insert(&key(n), &rec(1000), 10_000, n % 2 == 0, 1000).unwrap();
+            if n % 3 == 0 {
+                let d = data(n, n as usize * 3);
+                let subject = Data::decode(&d).unwrap().subject().map(subject_key);
+                t.write_data(&key(n), &d, subject, 1000).unwrap();
+            }
+        }
+        let before = t.live_entries(1000);
+        assert_eq!(before.iter().filter(|e| !e.data.is_empty()).count(), 34);
+        let bytes =
+            Snapshot { identity: identity(), written_at: 1000, entries: before.clone() }.encode();
+        let loaded = Snapshot::decode(&bytes).unwrap();
+        assert_eq!(loaded.entries, before);
+
+        let mut dst = Owned::new(64 * 1024);
+        let mut t = dst.table();
+        let r = restore(&mut t, &loaded.entries, 2000);
+        assert_eq!(r, Restored { loaded: 100, expired: 0, left_out: 0 });
+        t.check_invariants().unwrap();
+        assert_eq!(t.live_entries(2000), before);
+        let mut out = Vec::new();
+        assert!(t.read_data(&key(9), &mut out));
+        assert_eq!(out, data(9, 27));
+        // The subject index came back too: user1's sessions are 9, 21, 33, ...
+        let user1: Vec<u32> = (0..100).filter(|n| n % 3 == 0 && n % 4 == 1).collect();
+        assert_eq!(t.remove_subject(&subject_key(b"user1"), None), user1.len());
+        assert!(t.get(&key(9), 2000).is_none());
+        t.check_invariants().unwrap();
+    }
+
+    /// A file of the format before session data: its records, without the data length.
+    fn encode_version_1(s: &Snapshot) -> Vec<u8> {
+        let v2 = Snapshot {
+            entries: s.entries.iter().map(|e| Entry { data: Vec::new(), ..e.clone() }).collect(),
+            ..s.clone()
+        }
+        .encode();
+        let mut body = v2[HEADER_LEN..HEADER_LEN + BODY_FIXED_LEN].to_vec();
+        let records = &v2[HEADER_LEN + BODY_FIXED_LEN..v2.len() - CHECKSUM_LEN];
+        for r in records.chunks_exact(RECORD_LEN + DATA_LEN_LEN) {
+            body.extend_from_slice(&r[..RECORD_LEN]);
+        }
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&VERSION_WITHOUT_DATA.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&body);
+        let sum = Sha256::digest(&out);
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    #[test]
+    fn a_file_of_the_previous_format_still_loads_without_data() {
+        let s = snapshot(30);
+        let v1 = encode_version_1(&s);
+        assert_eq!(v1.len(), HEADER_LEN + BODY_FIXED_LEN + 30 * RECORD_LEN + CHECKSUM_LEN);
+        let loaded = Snapshot::decode(&v1).unwrap();
+        let without_data: Vec<Entry> =
+            s.entries.iter().map(|e| Entry { data: Vec::new(), ..e.clone() }).collect();
+        assert_eq!(loaded.entries, without_data);
+        let mut o = Owned::new(64 * 1024);
+        let mut t = o.table();
+        assert_eq!(restore(&mut t, &loaded.entries, 4000).loaded, 30);
+        assert_eq!(t.slots_in_use(), 30);
+        // Bad data in a version-2 file is refused.
+        let mut bad = snapshot(1);
+        bad.entries[0].data = b"\x07not data".to_vec();
+        assert_eq!(
+            Snapshot::decode(&bad.encode()),
+            Err(LoadError::Corrupt("session data not in its stored form"))
+        );
+    }
+
+    #[test]
     fn expired_records_are_not_loaded() {
         let mut t_owned = Owned::new(64 * 1024);
         let mut t = t_owned.table();

@@ -97,6 +97,8 @@ pub struct Slot {
 }
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
+// No implicit padding: the zone's bytes are read as these types.
+const _: () = assert!(core::mem::size_of::<Header>() == 4 + 4 + 3 * 16 + 5 * 8);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -117,6 +119,8 @@ struct List {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Header {
     free: u32,
+    /// Subject index entries.
+    subjects: u32,
     /// Indexed by segment (`FREE` unused).
     lists: [List; 3],
     /// Records evicted (pushed out alive for want of room) since the zone was made.
@@ -128,8 +132,6 @@ pub struct Header {
     unreported_min_idle: u64,
     /// When the last report was made (0: never, so the first eviction reports at once).
     last_report: u64,
-    /// Subject index entries.
-    subjects: u32,
 }
 
 /// One live record with what the table keeps beside it: its key, expiry, segment and data.
@@ -736,11 +738,16 @@ impl<'a> SlotTable<'a> {
     }
 
     fn expire_some(&mut self, now: u64) {
+        self.expire_some_sparing(now, NIL);
+    }
+
+    /// [`Self::expire_some`], never reclaiming session `spare`.
+    fn expire_some_sparing(&mut self, now: u64, spare: u32) {
         for segment in [PROBATION, PROTECTED] {
             for _ in 0..EXPIRE_PER_INSERT {
                 let t = self.tail(segment);
                 match self.slots.get(t as usize) {
-                    Some(s) if u64::from(s.expires) <= now => self.release(t),
+                    Some(s) if u64::from(s.expires) <= now && t != spare => self.release(t),
                     _ => break,
                 }
             }
@@ -1085,6 +1092,10 @@ impl Table for SlotTable<'_> {
         let need = u16::try_from((LINKS_BYTES + data.len()).div_ceil(CHUNK_BYTES))
             .map_err(|_| DataError::NoRoom)?;
         let have = self.slots.get(i as usize).map_or(0, |s| s.chunks);
+        if need > have {
+            // Dead records go before live ones are evicted, as for an insertion.
+            self.expire_some_sparing(now, i);
+        }
         // The chunks it lacks first, on a chain of their own: on failure the session keeps
         // its data as it was.
         let mut extra = NIL;
@@ -1500,7 +1511,11 @@ pub(crate) mod tests {
                     9 => {
                         let s = [rng.gen_range(0..6u8); 16];
                         let keep = rng.gen_bool(0.5).then_some(k);
-                        t.remove_subject(&s, keep.as_ref());
+                        let expected = model
+                            .iter()
+                            .filter(|(m, (_, ms))| *ms == Some(s) && Some(**m) != keep)
+                            .count();
+                        assert_eq!(t.remove_subject(&s, keep.as_ref()), expected);
                         for (m, (_, ms)) in &model {
                             if *ms == Some(s) && Some(*m) != keep {
                                 assert!(t.find(m).is_none(), "seed {seed} step {step}");

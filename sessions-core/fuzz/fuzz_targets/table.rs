@@ -17,6 +17,14 @@
 //! reports add up to the evictions counted; a new session that is never looked up again
 //! survives at least `capacity - protected_cap - 1` newer insertions unless it expires
 //! (the segmented LRU's guarantee to newcomers, `SlotTable::protected_cap`).
+//!
+//! With session data (`write_data`, `read_data`, `move_data`, `remove_subject`): a present
+//! session's data is the one last written (a refused write leaves it as it was), moved with
+//! a renewal, dropped with its session; `write_data` says `Gone` exactly for absent keys;
+//! `remove_subject` removes exactly the sessions written under that subject but the kept
+//! one. Data takes slots, so once an input has written data the checks that count one
+//! eviction per insert and the newcomer bound (stated for tables without data) are skipped
+//! for the groups that allocate.
 
 #![no_main]
 
@@ -25,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use sessions_core::cookie::StoreKey;
-use sessions_core::session::{BindingHashes, Record, StoreError, Table};
+use sessions_core::session::{BindingHashes, DataError, Record, StoreError, Table};
 use sessions_core::table::{layout, Header, Slot, SlotTable};
 
 /// Enough keys to fill the smaller tables (up to ~60 slots), so that evictions happen.
@@ -63,6 +71,32 @@ enum Op {
     ClockBack(u8),
     /// The once-a-minute eviction log line.
     Report,
+    WriteData {
+        key: u8,
+        /// Bytes, in units of 4 (up to 1020: more than the smaller tables hold).
+        len: u8,
+        subject: Option<u8>,
+    },
+    ReadData {
+        key: u8,
+    },
+    MoveData {
+        from: u8,
+        to: u8,
+    },
+    RemoveSubject {
+        subject: u8,
+        keep: Option<u8>,
+    },
+}
+
+/// A few subjects, so that they share sessions.
+fn subject(s: u8) -> [u8; 16] {
+    [s % 4; 16]
+}
+
+fn data_bytes(len: u8, seed: u8) -> Vec<u8> {
+    (0..usize::from(len) * 4).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
 }
 
 #[derive(Arbitrary, Debug)]
@@ -132,16 +166,25 @@ impl Storage {
         SlotTable::new(&mut self.header, &mut self.buckets, &mut self.slots)
     }
 
-    /// The keys present and their records, read from a copy.
-    fn probe(&self) -> (HashMap<StoreKey, Record>, usize) {
+    /// The keys present and their records and data, read from a copy.
+    fn probe(&self) -> (HashMap<StoreKey, Record>, usize, HashMap<StoreKey, Vec<u8>>) {
         let mut copy = Storage {
             header: self.header,
             buckets: self.buckets.clone(),
             slots: self.slots.clone(),
         };
         let mut t = copy.table();
-        let present = (0..KEYS).map(key).filter_map(|k| t.get(&k, 0).map(|r| (k, r))).collect();
-        (present, t.len())
+        let present: HashMap<StoreKey, Record> =
+            (0..KEYS).map(key).filter_map(|k| t.get(&k, 0).map(|r| (k, r))).collect();
+        let data = present
+            .keys()
+            .map(|k| {
+                let mut d = Vec::new();
+                assert!(t.read_data(k, &mut d), "a present key has no data answer");
+                (*k, d)
+            })
+            .collect();
+        (present, t.len(), data)
     }
 }
 
@@ -149,6 +192,11 @@ impl Storage {
 enum Known {
     Present,
     Maybe,
+}
+
+/// Whether `k` is in the table (without touching its LRU place).
+fn present_now(t: &mut SlotTable, k: &StoreKey) -> bool {
+    t.read_data(k, &mut Vec::new())
 }
 
 /// A session inserted as new (probation) and never looked up since: the newcomer whose
@@ -184,7 +232,11 @@ fuzz_target!(|input: Input| {
     let mut inserts_total = 0u64;
     let mut reported = 0u64;
     let mut evictions = 0u64;
-    let (mut before, _) = st.probe();
+    let (mut before, _, _) = st.probe();
+    // Each session's data and subject as last written (absent: none).
+    let mut data: HashMap<StoreKey, (Vec<u8>, Option<u8>)> = HashMap::new();
+    // Whether the input has given any session data yet.
+    let mut data_used = false;
 
     for group in input.groups.iter().take(64) {
         let mut inserts = 0;
@@ -193,6 +245,8 @@ fuzz_target!(|input: Input| {
         // Keys whose record had expired when any insert of the group ran.
         let mut expired_at_any_insert: HashSet<StoreKey> = HashSet::new();
         let mut removed: HashSet<StoreKey> = HashSet::new();
+        // Slots taken for data in this group (each may evict).
+        let mut allocations = 0u64;
         let evictions_before = evictions;
         {
             let mut t = st.table();
@@ -222,6 +276,7 @@ fuzz_target!(|input: Input| {
                                 known.values_mut().for_each(|v| *v = Known::Maybe);
                                 known.insert(k, Known::Present);
                                 written.insert(k, (stored(&rec), sat(exp)));
+                                data.remove(&k);
                                 removed.remove(&k);
                                 if established {
                                     newcomers.remove(&k);
@@ -270,6 +325,91 @@ fuzz_target!(|input: Input| {
                         known.remove(&k);
                         removed.insert(k);
                         newcomers.remove(&k);
+                        data.remove(&k);
+                    }
+                    Op::WriteData { key: n, len, subject: s } => {
+                        let k = key(n);
+                        let d = data_bytes(len, n);
+                        let res = t.write_data(&k, &d, s.map(subject), now);
+                        match known.get(&k) {
+                            None => assert_eq!(res, Err(DataError::Gone), "absent key written"),
+                            Some(Known::Present) => assert_ne!(res, Err(DataError::Gone)),
+                            Some(Known::Maybe) => {}
+                        }
+                        match res {
+                            Ok(()) => {
+                                known.insert(k, Known::Present);
+                                if d.is_empty() && s.is_none() {
+                                    data.remove(&k);
+                                } else {
+                                    data_used = true;
+                                    data.insert(k, (d, s));
+                                }
+                            }
+                            Err(DataError::NoRoom) => {
+                                data_used = true;
+                                known.insert(k, Known::Present);
+                            }
+                            Err(DataError::Gone) => {
+                                known.remove(&k);
+                                data.remove(&k);
+                            }
+                        }
+                        if res != Err(DataError::Gone) && data_used {
+                            allocations += 1;
+                            // Others may have been evicted for the chunks.
+                            known.values_mut().for_each(|v| *v = Known::Maybe);
+                            known.insert(k, Known::Present);
+                        }
+                    }
+                    Op::ReadData { key: n } => {
+                        let k = key(n);
+                        let mut d = Vec::new();
+                        let found = t.read_data(&k, &mut d);
+                        match known.get(&k) {
+                            None => assert!(!found, "absent key has data"),
+                            Some(Known::Present) => assert!(found, "present key lost"),
+                            Some(Known::Maybe) => {}
+                        }
+                        if found {
+                            let want = data.get(&k).map(|(d, _)| &d[..]).unwrap_or_default();
+                            assert_eq!(d, want, "data is not the last written");
+                            known.insert(k, Known::Present);
+                        } else {
+                            known.remove(&k);
+                        }
+                    }
+                    Op::MoveData { from, to } => {
+                        let (f, to) = (key(from), key(to));
+                        let present = |t: &mut SlotTable, k| t.read_data(k, &mut Vec::new());
+                        let moved = f != to && present(&mut t, &f) && present(&mut t, &to);
+                        t.move_data(&f, &to);
+                        if moved {
+                            match data.remove(&f) {
+                                Some(d) => data.insert(to, d),
+                                None => data.remove(&to),
+                            };
+                        }
+                    }
+                    Op::RemoveSubject { subject: s, keep } => {
+                        let keep = keep.map(key);
+                        let removed_now = t.remove_subject(&subject(s), keep.as_ref());
+                        let gone: Vec<StoreKey> = data
+                            .iter()
+                            .filter(|(k, (_, ds))| {
+                                ds.map(subject) == Some(subject(s)) && Some(**k) != keep
+                            })
+                            .map(|(k, _)| *k)
+                            .collect();
+                        for k in &gone {
+                            assert!(!present_now(&mut t, k), "a session of the subject stayed");
+                            known.remove(k);
+                            removed.insert(*k);
+                            newcomers.remove(k);
+                            data.remove(k);
+                        }
+                        // Sessions whose data is in the model and that are still there.
+                        assert!(removed_now <= gone.len(), "removed sessions of no subject");
                     }
                     Op::Tick(d) => now += u64::from(d),
                     Op::ClockBack(d) => now = now.saturating_sub(u64::from(d)),
@@ -291,8 +431,13 @@ fuzz_target!(|input: Input| {
             check(&t, &"the end of a lock section");
         }
 
-        let (present, len) = st.probe();
+        let (present, len, present_data) = st.probe();
         assert_eq!(len, present.len(), "len() disagrees with the records present");
+        data.retain(|k, _| present.contains_key(k));
+        for (k, d) in &present_data {
+            let want = data.get(k).map(|(d, _)| &d[..]).unwrap_or_default();
+            assert_eq!(&d[..], want, "data changed behind our back");
+        }
         assert!(len <= capacity);
         for (k, r) in &present {
             assert!(known.contains_key(k), "a removed or evicted key came back");
@@ -312,10 +457,13 @@ fuzz_target!(|input: Input| {
             .copied()
             .collect();
         let evicted = evictions - evictions_before;
-        assert!(evicted <= inserts, "{evicted} evictions counted in {inserts} inserts");
-        if inserts == 0 {
+        // Chunks and subject entries take slots too: a data write may evict many sessions.
+        if allocations == 0 {
+            assert!(evicted <= inserts, "{evicted} evictions counted in {inserts} inserts");
+        }
+        if allocations == 0 && inserts == 0 {
             assert!(dropped.is_empty(), "records vanished without an insert: {dropped:?}");
-        } else if inserts == 1 && removed.is_empty() {
+        } else if allocations == 0 && inserts == 1 && removed.is_empty() && !data_used {
             let (expired, live): (Vec<&StoreKey>, Vec<&StoreKey>) =
                 dropped.iter().partition(|k| expired_at_insert.contains(*k));
             assert!(live.len() <= 1, "one insert evicted {} live records", live.len());
@@ -335,7 +483,7 @@ fuzz_target!(|input: Input| {
             if present.contains_key(k) {
                 return true;
             }
-            if !expired_at_any_insert.contains(k) {
+            if !expired_at_any_insert.contains(k) && !data_used {
                 let newer = inserts_total - n.seq;
                 assert!(
                     newer > guaranteed,

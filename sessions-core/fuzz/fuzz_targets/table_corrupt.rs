@@ -1,6 +1,6 @@
 //! A corrupted zone: the table's header, buckets and slots are arbitrary bytes (a stray
 //! write, a zone from an incompatible build, a worker killed mid-update), then a sequence
-//! of operations runs on it.
+//! of operations (with session data and the subject index) runs on it.
 //!
 //! Checked: every operation returns, without panicking, overflowing or running away (the
 //! script runs libFuzzer with a short `-timeout`, so a loop that does not end is a crash);
@@ -40,12 +40,30 @@ enum Op {
     Report {
         now: u64,
     },
+    WriteData {
+        key: u8,
+        /// Bytes, in units of 4.
+        len: u8,
+        subject: Option<u8>,
+        now: u32,
+    },
+    ReadData {
+        key: u8,
+    },
+    MoveData {
+        from: u8,
+        to: u8,
+    },
+    RemoveSubject {
+        subject: u8,
+        keep: Option<u8>,
+    },
 }
 
 /// `T` from raw bytes. Only for the plain-integer `repr(C)` types of the table, which
 /// have no padding and accept every bit pattern, as they must: the glue reads them
 /// straight from shared memory.
-const _: () = assert!(size_of::<Header>() == 80 && size_of::<Slot>() == 64);
+const _: () = assert!(size_of::<Header>() == 96 && size_of::<Slot>() == 64);
 
 fn from_bytes<T: Default>(bytes: &[u8]) -> T {
     let mut v = T::default();
@@ -119,8 +137,20 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
             Op::Report { now } => {
                 let _ = t.eviction_report(now);
             }
+            Op::WriteData { key: n, len, subject, now } => {
+                let data = vec![n; usize::from(len) * 4];
+                let _ = t.write_data(&key(n), &data, subject.map(|s| [s; 16]), now.into());
+            }
+            Op::ReadData { key: n } => {
+                let _ = t.read_data(&key(n), &mut Vec::new());
+            }
+            Op::MoveData { from, to } => t.move_data(&key(from), &key(to)),
+            Op::RemoveSubject { subject, keep } => {
+                let _ = t.remove_subject(&[subject; 16], keep.map(key).as_ref());
+            }
         }
         let _ = (t.len(), t.is_empty(), t.capacity(), t.evictions_total(), t.protected_cap());
+        let _ = t.slots_in_use();
         match t.check_invariants() {
             Ok(()) => sound = true,
             Err(e) => assert!(!sound, "a sound table broke: {e}"),
