@@ -254,8 +254,7 @@ fn http2_streams_wait_for_redis_and_go_on() {
 fn rolling_renewal_keeps_data_and_the_old_id_reads_it() {
     let redis = Redis::start();
     let ng = start(&redis, "sessions_rolling_timeout 1s;");
-    let sid = begin(ng.port);
-    get(ng.port, "/set?user=alice", &sid);
+    let sid = login(ng.port, &begin(ng.port), "alice");
     let deadline = Instant::now() + Duration::from_secs(5);
     let renewed = loop {
         let r = get(ng.port, "/", &sid);
@@ -272,6 +271,14 @@ fn rolling_renewal_keeps_data_and_the_old_id_reads_it() {
     assert_eq!((r.st(), r.header("X-User")), ("renewed", Some("alice")), "{r}");
     assert_eq!(r.sid(), next);
     assert_eq!(user(ng.port, &next).1, "alice");
+    // The subject's set lists the successor alone (the old ID, in its grace, left it).
+    let sets = redis.cmd(&["KEYS", "u:*"]).items();
+    assert_eq!(sets.len(), 1);
+    let members = redis.cmd(&["SMEMBERS", &sets[0].text()]).items();
+    assert_eq!(members.len(), 1, "{members:?}");
+    let value = redis.cmd(&["GET", &members[0].text()]).bytes();
+    assert!(value.windows(5).any(|w| w == b"alice"), "the member is the live successor");
+    assert_eq!(redis.cmd(&["KEYS", "s:*"]).items().len(), 2, "successor and old ID in grace");
     ng.check_logs();
 }
 
