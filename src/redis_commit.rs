@@ -28,9 +28,11 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 use ngx::ngx_log_error;
 
+use crate::cookie::Incoming;
 use crate::ctx;
 use crate::data::{Actions, Applied};
 use crate::filter;
+use crate::identity;
 use crate::log::{self, debug_http};
 use crate::redis::{self, Failure, Waiter};
 use crate::redis_flow::Reply;
@@ -104,10 +106,24 @@ pub(crate) unsafe fn start(r: *mut ngx_http_request_t, actions: &Actions) -> Res
         return Ok(false);
     };
     // SAFETY: the caller's contract; the borrow ends inside.
-    let stored = unsafe { ctx::with(r, |ctx| ctx.flow.as_ref().and_then(|f| f.stored().cloned())) };
-    let Some(Some(stored)) = stored else { return Ok(false) };
+    let found = unsafe {
+        ctx::with(r, |ctx| {
+            let stored = ctx.flow.as_ref().and_then(|f| f.stored().cloned())?;
+            Some((stored, ctx.incoming, ctx.verified_by))
+        })
+    };
+    let Some(Some((stored, incoming, by))) = found else { return Ok(false) };
+    // Another request of the same cookie may renew it meanwhile (rolling renewal): the
+    // write then follows to the successor it derives, as the flow would.
+    let successor = match incoming {
+        Incoming::Verified(cookie_id) if cookie_id == stored.id => {
+            identity::with(res, mcf, |id| id.keys().verifier(by).successor(&stored.id))
+        }
+        _ => None,
+    };
     let now = ngx_time().max(0) as u64;
-    let (commit, step) = Commit::start(&stored, actions, mcf.data_size(), now, &res.policy);
+    let (commit, step) =
+        Commit::start(&stored, actions, mcf.data_size(), now, &res.policy, successor);
     let cmd = match step {
         Step::Done(applied) => {
             debug_http!(req, "sessions redis: nothing to write");

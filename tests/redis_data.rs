@@ -330,6 +330,39 @@ fn destroy_this_others_all_across_instances() {
 }
 
 #[test]
+fn a_write_racing_a_rolling_renewal_lands_on_the_successor() {
+    let redis = Redis::start();
+    let target = std::sync::Arc::new(std::sync::Mutex::new((0u16, String::new())));
+    let renewed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (t, rn) = (target.clone(), renewed.clone());
+    // While /slow-set's upstream answers, another request of the same cookie renews it.
+    let (slow_port, upstream) = slow_upstream(move || {
+        let (port, sid) = t.lock().unwrap().clone();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = get(port, "/", &sid);
+            if r.st() == "renewed" {
+                *rn.lock().unwrap() = r.sid();
+                return;
+            }
+            assert!(Instant::now() < deadline, "no renewal: {r}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let ng =
+        Nginx::start_template(&redis_site(&redis, slow_port, "sessions_rolling_timeout 1s;"), 2);
+    let sid = begin(ng.port);
+    *target.lock().unwrap() = (ng.port, sid.clone());
+    let r = get(ng.port, "/slow-set", &sid);
+    upstream.join().unwrap();
+    assert_eq!(r.status, 200, "{r}");
+    let next = renewed.lock().unwrap().clone();
+    assert!(!next.is_empty());
+    assert_eq!(user(ng.port, &next), ("valid".to_string(), "paused".to_string()));
+    ng.check_logs();
+}
+
+#[test]
 fn require_answers_503_when_redis_is_dead() {
     let mut redis = Redis::start();
     let mut ng = start(&redis, "sessions_redis_timeout 300ms;");

@@ -8,8 +8,9 @@
 //! data Redis holds *now* (so concurrent writers of one session never conflict: each
 //! change lands, the later one of the same key wins), under the size limit; the subject
 //! sets follow the session; the subject's other sessions are destroyed through its set (no
-//! `KEYS`/`SCAN`). A session that is gone meanwhile (or renewed by a rolling renewal, whose
-//! successor this request does not know) is never written ([`Refused::Gone`]).
+//! `KEYS`/`SCAN`). A session renewed meanwhile by a rolling renewal (another request of the
+//! same cookie) is written under its successor, where it lives on. A session that is gone
+//! meanwhile is never written ([`Refused::Gone`]).
 
 use crate::cookie::{SessionId, StoreKey};
 use crate::data::{
@@ -20,16 +21,20 @@ use crate::redis_record::{self, session_key, subject_set_key};
 use crate::session::Policy;
 
 /// `KEYS[1]`: the session's key; `KEYS[2]`: its key after the response (a new one when
-/// renewed). `ARGV`: mode (`w`: write, `d`: destroy this), the record to write instead of
+/// renewed); `KEYS[3]`: the key of its rolling successor (`KEYS[1]` when unknown), where
+/// the write goes when the session was renewed meanwhile. `ARGV`: mode (`w`: write, `d`: destroy this), the record to write instead of
 /// the current one (renewal) or empty, TTL (`0`: keep), the data size limit, subject set to
 /// leave, subject set to join, that set's TTL, subject set whose other sessions are
 /// destroyed, then the changes as key, value pairs (empty value: remove). The value's layout
 /// is `redis_record`'s (version 3; flag 2: renewed). Replies: nil when the session is gone
-/// (or renewed, or not ours); else `"<destroyed> <refused size, 0 if none> <new value>"`.
+/// (or renewed twice, or not ours); else `"<destroyed> <refused size, 0 if none> <new value>"`.
 const SCRIPT_COMMIT: &str = "local k1, k2 = KEYS[1], KEYS[2] \
 local out, refused, n = '', 0, 0 \
 if ARGV[1] == 'w' then \
 local cur = redis.call('GET', k1) \
+if cur and #cur >= 13 and cur:byte(1) == 3 and cur:byte(2) >= 2 and KEYS[3] ~= k1 then \
+if k2 == k1 then k2 = KEYS[3] end \
+k1 = KEYS[3] cur = redis.call('GET', k1) end \
 if not cur or #cur < 13 or cur:byte(1) ~= 3 or cur:byte(2) >= 2 then return false end \
 local pos = 3 \
 for i = 1, 3 do while cur:byte(pos) >= 128 do pos = pos + 1 end pos = pos + 1 end \
@@ -72,6 +77,8 @@ pub enum Command {
     Write {
         key: StoreKey,
         new_key: StoreKey,
+        /// The rolling successor of `key`, if it may have one.
+        successor: Option<StoreKey>,
         /// The record part of the value to write instead of the current one (renewal).
         record: Option<Vec<u8>>,
         /// `None`: the key keeps its TTL.
@@ -101,16 +108,17 @@ impl Command {
     pub fn encode(&self) -> Vec<u8> {
         let set = |s: Option<[u8; 16]>| s.map(|s| subject_set_key(&s)).unwrap_or_default();
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(SCRIPT_COMMIT).arg(2);
+        cmd.arg(SCRIPT_COMMIT).arg(3);
         let (sets, changes) = match self {
-            Command::Write { key, new_key, record, ttl, limit, changes, sets } => {
+            Command::Write { key, new_key, successor, record, ttl, limit, changes, sets } => {
                 cmd.arg(session_key(key)).arg(session_key(new_key));
+                cmd.arg(session_key(successor.as_ref().unwrap_or(key)));
                 cmd.arg("w").arg(record.as_deref().unwrap_or_default());
                 cmd.arg(ttl.unwrap_or(0)).arg((*limit).min(data::MAX_DATA_SIZE));
                 (sets, Some(changes))
             }
             Command::Destroy { key, sets } => {
-                cmd.arg(session_key(key)).arg(session_key(key));
+                cmd.arg(session_key(key)).arg(session_key(key)).arg(session_key(key));
                 cmd.arg("d").arg("").arg(0).arg(0);
                 (sets, None)
             }
@@ -158,13 +166,15 @@ pub struct Commit {
 
 impl Commit {
     /// Starts applying `actions` to the session the request decided on. `limit` is
-    /// `sessions_data_size`.
+    /// `sessions_data_size`; `successor` the ID a rolling renewal of `stored.id` would give
+    /// (when `stored.id` is the cookie's: only then may another request renew it meanwhile).
     pub fn start(
         stored: &Stored,
         actions: &Actions,
         limit: usize,
         now: u64,
         policy: &Policy,
+        successor: Option<SessionId>,
     ) -> (Commit, Step) {
         let mut commit = Commit {
             limit,
@@ -214,6 +224,7 @@ impl Commit {
         let cmd = Command::Write {
             key,
             new_key: commit.id.store_key(),
+            successor: successor.map(|s| s.store_key()),
             record,
             ttl,
             limit,
@@ -289,9 +300,22 @@ mod tests {
         fn commit(&mut self, cmd: &Command) -> Reply {
             self.commands += 1;
             let (k1, k2, sets, out, refused) = match cmd {
-                Command::Write { key, new_key, record, ttl, limit, changes, sets } => {
-                    let (k1, k2) = (session_key(key), session_key(new_key));
-                    let Some((cur, cur_ttl)) = self.data.get(&k1).cloned() else {
+                Command::Write { key, new_key, successor, record, ttl, limit, changes, sets } => {
+                    let (mut k1, mut k2) = (session_key(key), session_key(new_key));
+                    let mut cur = self.data.get(&k1).cloned();
+                    let renewed =
+                        |v: &[u8]| redis_record::decode(v).is_some_and(|(r, _)| r.renewed_at != 0);
+                    if let (Some((v, _)), Some(succ)) = (&cur, successor) {
+                        if renewed(v) {
+                            let sk = session_key(succ);
+                            if k2 == k1 {
+                                k2 = sk.clone();
+                            }
+                            k1 = sk;
+                            cur = self.data.get(&k1).cloned();
+                        }
+                    }
+                    let Some((cur, cur_ttl)) = cur else {
                         return Reply::Nil;
                     };
                     let Some((rec, data)) = redis_record::decode(&cur) else {
@@ -339,7 +363,8 @@ mod tests {
         }
 
         fn apply(&mut self, stored: &Stored, actions: &Actions, now: u64) -> Applied {
-            let (mut c, mut step) = Commit::start(stored, actions, 1024, now, &POLICY);
+            let successor = Some(crate::redis_flow::tests::signer().successor(&stored.id));
+            let (mut c, mut step) = Commit::start(stored, actions, 1024, now, &POLICY, successor);
             for _ in 0..10 {
                 match step {
                     Step::Done(a) => return a,
@@ -481,7 +506,7 @@ mod tests {
     fn errors_and_foreign_replies_are_store_failures() {
         let s = FakeRedis::default().session(1000);
         for reply in [Reply::Error("BUSY".into()), Reply::Bulk(b"x".to_vec()), Reply::Int(1)] {
-            let (mut c, _) = Commit::start(&s, &sets(&[("a", "1")]), 1024, 1000, &POLICY);
+            let (mut c, _) = Commit::start(&s, &sets(&[("a", "1")]), 1024, 1000, &POLICY, None);
             let Step::Done(a) = c.on_reply(reply) else { panic!() };
             assert_eq!(a, Applied { refused: Some(Refused::Store), ..r_unchanged(&s) });
         }
@@ -491,13 +516,30 @@ mod tests {
     }
 
     #[test]
-    fn a_write_racing_a_rolling_renewal_is_refused() {
+    fn a_write_racing_a_rolling_renewal_lands_on_the_successor() {
         let mut r = FakeRedis::default();
         let s = r.session(1000);
         r.returning(s.id, 1029);
         r.returning(s.id, 1058);
-        assert_eq!(r.returning(s.id, 1060).0, Status::Renewed);
-        assert_eq!(r.apply(&s, &sets(&[("a", "1")]), 1060).refused, Some(Refused::Gone));
+        let (st, next) = r.returning(s.id, 1060);
+        let next = next.unwrap().id;
+        assert_eq!(st, Status::Renewed);
+        let a = r.apply(&s, &sets(&[("a", "1")]), 1060);
+        assert_eq!((a.refused, a.id), (None, Some(s.id)));
+        assert_eq!(r.data_of(&next).unwrap().get(b"a"), Some(&b"1"[..]));
+        // Without the successor's key it cannot follow: refused, nothing written.
+        let (mut c, step) = Commit::start(&s, &sets(&[("b", "2")]), 1024, 1060, &POLICY, None);
+        let Step::Send(cmd) = step else { panic!() };
+        assert_eq!(
+            c.on_reply(r.commit(&cmd)),
+            Step::Done(Applied { refused: Some(Refused::Gone), ..r_unchanged(&s) })
+        );
+        // An explicit renewal racing it kills the successor too: the old ID has no way back.
+        let b = r.apply(&s, &Actions { renew: true, ..Actions::default() }, 1061);
+        let new = b.id.unwrap();
+        assert_eq!(r.returning(next, 1062).0, Status::Invalid);
+        assert_eq!(r.returning(s.id, 1062).0, Status::Invalid);
+        assert_eq!(r.returning(new, 1062).1.unwrap().data.get(b"a"), Some(&b"1"[..]));
     }
 
     #[test]
@@ -591,13 +633,14 @@ mod tests {
     fn commands_are_one_eval() {
         let cmd = Command::Destroy { key: StoreKey([1; 16]), sets: Sets::default() }.encode();
         let text = String::from_utf8_lossy(&cmd).into_owned();
-        assert!(text.starts_with("*13\r\n$4\r\nEVAL\r\n"), "{text}");
+        assert!(text.starts_with("*14\r\n$4\r\nEVAL\r\n"), "{text}");
         let s = data::subject_key(b"x");
         let mut changes = Changes::new();
         changes.set(b"user", b"alice");
         let cmd = Command::Write {
             key: StoreKey([1; 16]),
             new_key: StoreKey([2; 16]),
+            successor: None,
             record: None,
             ttl: None,
             limit: 1 << 20,
