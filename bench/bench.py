@@ -695,6 +695,14 @@ class RedisRet(WithRedis, SessRet):
     pass
 
 
+class RedisDataRet(WithRedis, DataRet):
+    """RD-ret: D-ret on Redis (the data comes with the record, in the same GET)."""
+
+
+class RedisDataSet(WithRedis, DataSet):
+    """RD-set: D-set on Redis (each response waits for its compare-and-set script)."""
+
+
 def make_scenarios(best_rate, bare_rate, redis=None):
     mod = dict(module=True, http=SESSIONS_HTTP + "\n" + LONG_TIMEOUTS + "\n    sessions_zone bench:10m;")
     renew_http = SESSIONS_HTTP + f"""
@@ -742,13 +750,98 @@ def redis_scenarios(redis):
     http = (SESSIONS_HTTP + "\n" + LONG_TIMEOUTS
             + f"\n    sessions_redis redis://127.0.0.1:{redis.port};"
             + f"\n    sessions_redis_keepalive {CONNECTIONS};")
-    RedisNew.redis = RedisRet.redis = redis
+    RedisNew.redis = RedisRet.redis = RedisDataRet.redis = RedisDataSet.redis = redis
     return [
         RedisNew("R-new", "sessions on, Redis, no cookie (new session each request)",
                  dict(module=True, http=http, server="sessions on;")),
         RedisRet("R-ret", "sessions on, Redis, returning valid cookie",
                  dict(module=True, http=http, server="sessions on;")),
+        RedisDataRet("RD-ret", "sessions on, Redis, returning cookie, 3 keys of ~40 B read into a header",
+                     dict(module=True, http=http, server="sessions on;\n"
+                          "add_header X-D $session_data_a$session_data_b$session_data_c;\n" + DATA_SEED)),
+        RedisDataSet("RD-set", "sessions on, Redis, returning cookie, `sessions_set` on every request",
+                     dict(module=True, http=http, server="sessions on;\nsessions_set n $connection_requests;\n"
+                          "location = /n {\n    rewrite ^ /index.html break;\n"
+                          "    add_header X-N $session_data_n;\n}")),
     ]
+
+
+# Redis memory per session (issue 10 item 7): `used_memory` delta / new session keys after
+# REDIS_MEM_SESSIONS new sessions through NGINX (in a database of their own), without data
+# and with D-ret's 3 keys of ~40 B.
+REDIS_MEM_SESSIONS = int(os.environ.get("BENCH_REDIS_SESSIONS", "20000"))
+REDIS_MEM_DB = 9
+
+
+def redis_query(redis, *args):
+    """One command (RESP) on a fresh connection to the bench's redis-server: its reply's
+    text (bulk or integer)."""
+    req = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(str(a))}\r\n{a}\r\n".encode() for a in args)
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as c:
+        c.sendall(req)
+        data = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, _, rest = data.partition(b"\r\n")
+            if head[:1] == b":" or head[:1] == b"+":
+                return head[1:].decode()
+            if head[:1] == b"$" and len(rest) >= int(head[1:]) + 2:
+                return rest[:int(head[1:])].decode()
+    raise BenchError(f"redis-server did not answer {args[0]}")
+
+
+def used_memory(redis):
+    info = redis_query(redis, "INFO", "memory")
+    return int(next(l for l in info.splitlines() if l.startswith("used_memory:")).split(":")[1])
+
+
+# What measure_redis_memory found (B/session by label), for the report.
+REDIS_MEMORY = {}
+
+
+def measure_redis_memory(tmp, redis):
+    out = {}
+    for label, path in (("no data", "/v/"), ("3 keys of ~40 B", "/seed")):
+        http = (SESSIONS_HTTP + "\n" + LONG_TIMEOUTS
+                + f"\n    sessions_redis redis://127.0.0.1:{redis.port}/{REDIS_MEM_DB};")
+        ng = Nginx(tmp, "rmem", module=True, http=http, server="sessions on;\n" + DATA_SEED)
+        ng.start()
+        try:
+            httpc.get(ng.port, "/v/")  # the binding key, before the baseline
+            keys0, mem0 = dbsize(redis), used_memory(redis)
+            httpc.create_sessions(ng.port, REDIS_MEM_SESSIONS, NAME, path=path)
+            keys, mem = dbsize(redis) - keys0, used_memory(redis) - mem0
+            expect(keys == REDIS_MEM_SESSIONS, f"Redis memory: {keys} keys for {REDIS_MEM_SESSIONS} sessions")
+            out[label] = mem / keys
+        finally:
+            ng.stop()
+            flushdb(redis)
+    return out
+
+
+def dbsize(redis):
+    return int(redis_query_db(redis, "DBSIZE"))
+
+
+def flushdb(redis):
+    redis_query_db(redis, "FLUSHDB")
+
+
+def redis_query_db(redis, cmd):
+    """`cmd` (no arguments) on database REDIS_MEM_DB."""
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as c:
+        c.sendall(f"SELECT {REDIS_MEM_DB}\r\n{cmd}\r\n".encode())
+        data = b""
+        while data.count(b"\r\n") < 2:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.split(b"\r\n")[1].lstrip(b":+").decode()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1217,6 +1310,12 @@ def report(scenarios, zone, crit, elapsed_s):
     if "R-ret-tls" in by and by["R-ret-tls"].runs and "R-ret" in by and by["R-ret"].runs:
         x = med(by["R-ret-tls"].runs, "rps") / med(by["R-ret"].runs, "rps")
         target("R-ret over TLS ≥ 0.9 × R-ret req/s", x >= 0.9, f"{x:.2f}")
+    if "RD-ret" in by and by["RD-ret"].runs and by["R-ret"].runs:
+        x = med(by["RD-ret"].runs, "rps") / med(by["R-ret"].runs, "rps")
+        target("RD-ret ≥ 0.90 × R-ret req/s (issue 9: Redis with data within 10 %)", x >= 0.90, f"{x:.2f}")
+    if "no data" in REDIS_MEMORY:
+        v = REDIS_MEMORY["no data"]
+        target("≤ 150 B of Redis memory per session without data (issue 10)", v <= 150, f"{v:.1f} B")
     if zone:
         target("≤ 128 bytes of shared memory per session", zone["bytes_high"] <= 128,
                f"{zone['bytes_low']:.1f}–{zone['bytes_high']:.1f} B (measured)")
@@ -1261,6 +1360,11 @@ def report(scenarios, zone, crit, elapsed_s):
                  f"{zone['probes']} probes ({zone['dead_probes']} of dead cookies, each starting one "
                  f"more session) put the survivors at {zone['k_low']:,}–{zone['k_high']:,}; "
                  f"bytes per session = zone size / survivors (all of the zone's overhead included).")
+    if REDIS_MEMORY:
+        L.append(f"- Redis memory per session: `used_memory` delta / new keys after "
+                 f"{REDIS_MEM_SESSIONS:,} new sessions through NGINX: "
+                 + ", ".join(f"{v:.1f} B ({k})" for k, v in REDIS_MEMORY.items())
+                 + " (the hash tables' buckets, 16–32 B per key depending on their fill, included).")
     L.append("- B0, B0c, U1 and L0 have no module loaded; B1, S-* and R-* load it. `keepalive_requests 1000000` and "
              "`access_log off` everywhere; S-new runs with a full 10 MB zone after a second or so "
              "(each new session evicts the oldest never-returned one).")
@@ -1378,6 +1482,10 @@ def main():
         zone = measure_zone(args.tmp)
         say(f"zone: {zone['k_low']:,}–{zone['k_high']:,} sessions, "
             f"{zone['bytes_low']:.1f}–{zone['bytes_high']:.1f} B/session")
+        if redis:
+            say(f"Redis memory: {REDIS_MEM_SESSIONS:,} new sessions through NGINX, twice")
+            REDIS_MEMORY.update(measure_redis_memory(args.tmp, redis))
+            say("Redis: " + ", ".join(f"{v:.1f} B/session ({k})" for k, v in REDIS_MEMORY.items()))
     finally:
         for s in scenarios:
             s.teardown()

@@ -335,6 +335,10 @@ unsafe fn session_step(ctx: *mut RequestCtx, reply: Option<Result<Reply, Failure
             let (eval, incoming) = unsafe {
                 let eval = eval.resigned((*ctx).incoming, (*ctx).verified_by);
                 (*ctx).eval = eval;
+                // The data was read with the record (one GET): the final session's.
+                if let Some(data) = (*ctx).flow.as_ref().and_then(Flow::data) {
+                    (*ctx).data = data.clone();
+                }
                 (eval, (*ctx).incoming)
             };
             debug_http!(

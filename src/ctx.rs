@@ -49,6 +49,9 @@ pub(crate) struct RequestCtx {
     pub(crate) actions_done: bool,
     /// The response expires our cookie (`sessions_destroy this|all`).
     pub(crate) expire_cookie: bool,
+    /// The Redis write that holds the response header, if any (owned by the request's pool:
+    /// its own cleanup frees it).
+    pub(crate) held: Option<NonNull<crate::redis_commit::Held>>,
 }
 
 /// Detaches a command in flight and withdraws a posted resume event, so that nothing
@@ -152,6 +155,7 @@ pub(crate) unsafe fn create(
             data: Data::new(),
             actions_done: false,
             expire_cookie: false,
+            held: None,
         });
         (*cln).handler = Some(CTX_CLEANUP);
         *(*r).ctx.add(ctx_index()) = ctx.cast();

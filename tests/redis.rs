@@ -12,7 +12,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const KEY_PREFIX: &str = "ngx_sessions:";
+const KEY_PREFIX: &str = "s:";
 const IDENTITY_KEY: &str = "ngx_sessions:identity";
 const BINDING_KEY: &str = "ngx_sessions:binding_key";
 const UNAVAILABLE: &str = "is unavailable";
@@ -64,13 +64,13 @@ fn warm_up(redis: &Redis, ng: &Nginx) {
     }
 }
 
-/// `ngx_sessions:<32 lowercase hex>`.
+/// `s:<22 base64url characters>`.
 fn assert_session_key(k: &str) {
     let suffix = k.strip_prefix(KEY_PREFIX).unwrap_or_else(|| panic!("foreign key {k:?}"));
     assert!(
-        suffix.len() == 32
-            && suffix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-        "key {k:?} is not ngx_sessions:<32 hex>"
+        suffix.len() == 22
+            && suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "key {k:?} is not s:<22 base64url>"
     );
 }
 
@@ -457,7 +457,7 @@ fn binding_key_is_shared_through_redis_and_kept_across_reloads() {
     let ttl = redis.cmd(&["TTL", BINDING_KEY]).int();
     assert!(ttl > 399 * 86400 && ttl <= 400 * 86400, "binding key TTL {ttl}");
     let record = redis.cmd(&["GET", &session_keys(&redis)[0]]).bytes();
-    assert_eq!(record[0], 2, "a record with keyed hashes is version 2");
+    assert_eq!((record[0], record[1]), (3, 0), "a compact record (version 3), keyed hashes");
     for _ in 0..4 {
         for port in [a.port, b.port] {
             let r = Req::get("/index.html").from("127.0.0.2").sid(&v).send(port);

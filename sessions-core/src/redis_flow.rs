@@ -1,24 +1,26 @@
 //! The session algorithm against Redis, as a state machine that emits commands and
 //! consumes replies; the NGINX glue only moves bytes. Pure: no I/O, time passed in.
 //!
-//! Round trips per request: a returning client is one `GET`; a new client one
-//! `SET NX EX`; a touch (at most once per `max(1s, idle/30)`) or a renewal adds one
-//! compare-and-set script; an expired / mismatched / dead session is one `GET` plus one
-//! script that deletes it (with its successor, for an old ID within its renewal grace) and
-//! creates the new one; an old ID in its renewal grace is one `GET` plus one `EXISTS` (its
-//! successor must still be alive to be handed out).
+//! Round trips per request: a returning client is one `GET` (record and data together,
+//! see [`crate::redis_record`]); a new client one `SET NX EX`; a touch (at most once per
+//! `max(1s, idle/30)`) or a renewal adds one compare-and-set script; an expired /
+//! mismatched / dead session is one `GET` plus one script that deletes it (with its
+//! successor, for an old ID within its renewal grace) and creates the new one; an old ID
+//! in its renewal grace is one `GET` plus one `GET` of its successor (which must still be
+//! alive to be handed out, and whose data the request sees).
 //!
 //! Renewal is single-flight across instances: the compare-and-set only succeeds against
-//! the exact record that was read, and the successor ID is derived from the old one, so
-//! whoever renews, every instance hands out the same successor.
+//! the exact value that was read, and the successor ID is derived from the old one, so
+//! whoever renews, every instance hands out the same successor. The data goes with it, and
+//! when the data names a subject, the successor joins the subject's set in the same script.
 
 use redis::Value;
 
 use crate::cookie::{Incoming, SessionId, Signer, StoreKey};
+use crate::data::{self, Data};
+use crate::redis_record::{self, session_key, subject_set_key};
 use crate::session::{decide, BindingKey, Client, Evaluation, Policy, Record, Status, Verdict};
 
-/// Every key starts with this.
-pub const KEY_PREFIX: &str = "ngx_sessions";
 /// Key of the shared random secret and cookie name.
 pub const IDENTITY_KEY: &str = "ngx_sessions:identity";
 /// Bytes of the identity value: 32 bytes of secret, 16 of cookie name.
@@ -31,12 +33,16 @@ pub const BINDING_KEY_KEY: &str = "ngx_sessions:binding_key";
 /// Conflicting writes tolerated before the request gives up with `error`.
 const MAX_ATTEMPTS: u8 = 4;
 
-/// `if GET(k1) == expected then SET k1 new EX ttl; [SET k2 succ NX EX ttl2]; return 1
+/// `if GET(k1) == expected then SET k1 new EX ttl; [SET k2 succ NX EX ttl2;
+/// [SREM set k1; SADD set k2; EXPIRE set (never shortened)]]; return 1
 /// else return GET(k1)` (nil when gone).
 const SCRIPT_CAS: &str = "local cur = redis.call('GET', KEYS[1]) \
 if cur ~= ARGV[1] then return cur end \
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) \
-if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'NX', 'EX', ARGV[5]) end \
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'NX', 'EX', ARGV[5]) \
+if #KEYS > 2 then redis.call('SREM', KEYS[3], KEYS[1]) redis.call('SADD', KEYS[3], KEYS[2]) \
+if redis.call('TTL', KEYS[3]) < tonumber(ARGV[6]) then redis.call('EXPIRE', KEYS[3], ARGV[6]) end \
+end end \
 return 1";
 
 /// Destroy one session (`KEYS[1]`, and `KEYS[3]` when given: the successor of an old ID)
@@ -55,17 +61,20 @@ redis.call('EXPIRE', KEYS[i], ARGV[#KEYS + 1]) \
 out = out .. redis.call('GET', KEYS[i]) end \
 return out";
 
-/// `<prefix>:<hex of the store key>`: never the raw ID.
-pub fn key_name(key: &StoreKey) -> Vec<u8> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut k = Vec::with_capacity(KEY_PREFIX.len() + 1 + 32);
-    k.extend_from_slice(KEY_PREFIX.as_bytes());
-    k.push(b':');
-    for b in key.0 {
-        k.push(HEX[(b >> 4) as usize]);
-        k.push(HEX[(b & 15) as usize]);
-    }
-    k
+/// How long a subject's set lives after a session joins it: at least the absolute timeout
+/// of the session that joined (a set outliving its sessions holds stale keys, harmlessly).
+pub fn subject_set_ttl(policy: &Policy) -> u64 {
+    policy.absolute.max(1)
+}
+
+/// The successor written by a rolling renewal, with the subject set it joins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuccessorWrite {
+    pub key: StoreKey,
+    pub value: Vec<u8>,
+    pub ttl: u64,
+    /// The subject set (a [`data::subject_key`]) and its TTL, when the data names a subject.
+    pub subject: Option<([u8; 16], u64)>,
 }
 
 /// A command of the algorithm.
@@ -74,20 +83,18 @@ pub enum Command {
     Get {
         key: StoreKey,
     },
-    Exists {
-        key: StoreKey,
-    },
     Create {
         key: StoreKey,
         record: Record,
         ttl: u64,
     },
+    /// Replaces `key`'s value `expected` (exactly as read) with `new`.
     Cas {
         key: StoreKey,
-        expected: Record,
-        new: Record,
+        expected: Vec<u8>,
+        new: Vec<u8>,
         ttl: u64,
-        successor: Option<(StoreKey, Record, u64)>,
+        successor: Option<SuccessorWrite>,
     },
     /// Deletes `old` (and `successor`, the successor of an old ID within its grace) and
     /// creates `key`.
@@ -110,40 +117,44 @@ impl Command {
     /// RESP bytes of the command.
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Command::Get { key } => redis::cmd("GET").arg(key_name(key)).get_packed_command(),
-            Command::Exists { key } => redis::cmd("EXISTS").arg(key_name(key)).get_packed_command(),
+            Command::Get { key } => redis::cmd("GET").arg(session_key(key)).get_packed_command(),
             Command::Create { key, record, ttl } => redis::cmd("SET")
-                .arg(key_name(key))
-                .arg(&record.encode()[..])
+                .arg(session_key(key))
+                .arg(redis_record::encode(record, &Data::new()))
                 .arg("NX")
                 .arg("EX")
                 .arg(*ttl)
                 .get_packed_command(),
             Command::Cas { key, expected, new, ttl, successor } => {
-                let (skey, sval, sttl) = match successor {
-                    Some((k, r, t)) => (key_name(k), r.encode().to_vec(), *t),
-                    None => (key_name(key), Vec::new(), 0),
+                let mut cmd = redis::cmd("EVAL");
+                let subject = successor.as_ref().and_then(|s| s.subject);
+                cmd.arg(SCRIPT_CAS).arg(2 + usize::from(subject.is_some()));
+                cmd.arg(session_key(key));
+                match successor {
+                    Some(s) => cmd.arg(session_key(&s.key)),
+                    None => cmd.arg(session_key(key)),
                 };
-                redis::cmd("EVAL")
-                    .arg(SCRIPT_CAS)
-                    .arg(2)
-                    .arg(key_name(key))
-                    .arg(skey)
-                    .arg(&expected.encode()[..])
-                    .arg(&new.encode()[..])
-                    .arg(*ttl)
-                    .arg(sval)
-                    .arg(sttl)
-                    .get_packed_command()
+                if let Some((subject, _)) = subject {
+                    cmd.arg(subject_set_key(&subject));
+                }
+                cmd.arg(&expected[..]).arg(&new[..]).arg(*ttl);
+                match successor {
+                    Some(s) => cmd.arg(&s.value[..]).arg(s.ttl),
+                    None => cmd.arg("").arg(0),
+                };
+                if let Some((_, set_ttl)) = subject {
+                    cmd.arg(set_ttl);
+                }
+                cmd.get_packed_command()
             }
             Command::Replace { old, successor, key, record, ttl } => {
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(SCRIPT_REPLACE).arg(2 + usize::from(successor.is_some()));
-                cmd.arg(key_name(old)).arg(key_name(key));
+                cmd.arg(session_key(old)).arg(session_key(key));
                 if let Some(successor) = successor {
-                    cmd.arg(key_name(successor));
+                    cmd.arg(session_key(successor));
                 }
-                cmd.arg(&record.encode()[..]).arg(*ttl).get_packed_command()
+                cmd.arg(redis_record::encode(record, &Data::new())).arg(*ttl).get_packed_command()
             }
             Command::Shared { binding_key, identity } => {
                 let mut cmd = redis::cmd("EVAL");
@@ -281,24 +292,38 @@ pub enum Step {
     Done(Evaluation),
 }
 
-#[derive(Clone, Copy, Debug)]
+/// The session a request ended with, as Redis holds it now: what the response-time commit
+/// ([`crate::redis_commit`]) starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub id: SessionId,
+    pub record: Record,
+    pub data: Data,
+    /// The value exactly as read or written (what a compare-and-set compares with).
+    pub value: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
 enum State {
     Looking {
         id: SessionId,
     },
-    /// `id` was renewed to `next` moments ago: is `next` still alive?
+    /// `id` was renewed to `next` moments ago: is `next` still alive, and with what data?
     CheckingSuccessor {
         id: SessionId,
         next: SessionId,
     },
-    /// A compare-and-set of `id`'s record is in flight: a touch, or a renewal to `next`.
+    /// A compare-and-set of `id`'s value is in flight: a touch (`stored` is `id`'s new
+    /// value), or a renewal (`stored` is the successor's).
     Writing {
         id: SessionId,
-        next: Option<SessionId>,
+        renewal: bool,
+        stored: Stored,
     },
     Creating {
         status: Status,
         id: SessionId,
+        record: Record,
     },
     Done,
 }
@@ -312,6 +337,8 @@ pub struct Flow {
     incoming: Option<SessionId>,
     state: State,
     attempts: u8,
+    /// The session decided on, once decided (not when Redis failed).
+    stored: Option<Stored>,
 }
 
 fn ttl(rec: &Record, policy: &Policy, now: u64) -> u64 {
@@ -321,8 +348,14 @@ fn ttl(rec: &Record, policy: &Policy, now: u64) -> u64 {
 impl Flow {
     /// Starts the flow; `client` is the request's, here and at every [`Flow::on_reply`].
     pub fn start(incoming: Incoming, now: u64, policy: &Policy, client: &Client) -> (Flow, Step) {
-        let mut flow =
-            Flow { now, policy: *policy, incoming: None, state: State::Done, attempts: 0 };
+        let mut flow = Flow {
+            now,
+            policy: *policy,
+            incoming: None,
+            state: State::Done,
+            attempts: 0,
+            stored: None,
+        };
         let step = match incoming {
             Incoming::Absent => flow.create(Status::New, None, client),
             Incoming::Invalid => flow.create(Status::Invalid, None, client),
@@ -335,14 +368,27 @@ impl Flow {
         (flow, step)
     }
 
+    /// The data of the session decided on (empty for a new session, `None` when Redis
+    /// failed).
+    pub fn data(&self) -> Option<&Data> {
+        self.stored.as_ref().map(|s| &s.data)
+    }
+
+    /// The session decided on, as Redis holds it.
+    pub fn stored(&self) -> Option<&Stored> {
+        self.stored.as_ref()
+    }
+
     /// The request's result when Redis cannot be used: nothing changes, the cookie stays.
     pub fn failed(&mut self) -> Evaluation {
         self.state = State::Done;
+        self.stored = None;
         Evaluation::store_error(self.incoming)
     }
 
-    fn done(&mut self, eval: Evaluation) -> Step {
+    fn done(&mut self, eval: Evaluation, stored: Stored) -> Step {
         self.state = State::Done;
+        self.stored = Some(stored);
         Step::Done(eval)
     }
 
@@ -359,7 +405,7 @@ impl Flow {
         }
         let record = Record::new(self.now, client);
         let id = SessionId::random();
-        self.state = State::Creating { status, id };
+        self.state = State::Creating { status, id, record };
         let ttl = ttl(&record, &self.policy, self.now);
         Step::Send(match old {
             Some((old, successor)) => {
@@ -369,36 +415,40 @@ impl Flow {
         })
     }
 
-    /// Decides on a record read from Redis.
-    fn apply(&mut self, id: SessionId, rec: Record, signer: &Signer, client: &Client) -> Step {
+    /// Decides on a value read from Redis (`value`, which holds `rec` and `data`).
+    fn apply(
+        &mut self,
+        id: SessionId,
+        value: Vec<u8>,
+        (rec, data): (Record, Data),
+        signer: &Signer,
+        client: &Client,
+    ) -> Step {
         let (now, policy) = (self.now, self.policy);
+        let valid =
+            Evaluation { status: Status::Valid, id: Some(id), set_cookie: false, renewal: false };
         match decide(&rec, now, &policy, client) {
-            Verdict::Valid { touch: false } => self.done(Evaluation {
-                status: Status::Valid,
-                id: Some(id),
-                set_cookie: false,
-                renewal: false,
-            }),
+            Verdict::Valid { touch: false } => {
+                self.done(valid, Stored { id, record: rec, data, value })
+            }
             Verdict::Valid { touch: true } => {
                 self.attempts += 1;
                 if self.attempts > MAX_ATTEMPTS {
                     // Others keep writing this record; it is alive, so let it be.
-                    return self.done(Evaluation {
-                        status: Status::Valid,
-                        id: Some(id),
-                        set_cookie: false,
-                        renewal: false,
-                    });
+                    return self.done(valid, Stored { id, record: rec, data, value });
                 }
                 let new = Record { last_seen: now, ..client.rebind(&rec) };
-                self.state = State::Writing { id, next: None };
-                Step::Send(Command::Cas {
+                let new_value = redis_record::encode(&new, &data);
+                let cmd = Command::Cas {
                     key: id.store_key(),
-                    expected: rec,
-                    new,
+                    expected: value,
+                    new: new_value.clone(),
                     ttl: ttl(&new, &policy, now),
                     successor: None,
-                })
+                };
+                let stored = Stored { id, record: new, data, value: new_value };
+                self.state = State::Writing { id, renewal: false, stored };
+                Step::Send(cmd)
             }
             Verdict::Renew => {
                 self.attempts += 1;
@@ -409,20 +459,30 @@ impl Flow {
                 let rebound = client.rebind(&rec);
                 let succ = rebound.successor(now);
                 let old = Record { renewed_at: now, last_seen: now, ..rebound };
-                self.state = State::Writing { id, next: Some(next) };
-                Step::Send(Command::Cas {
+                let succ_value = redis_record::encode(&succ, &data);
+                let subject =
+                    data.subject().map(|s| (data::subject_key(s), subject_set_ttl(&policy)));
+                let cmd = Command::Cas {
                     key: id.store_key(),
-                    expected: rec,
-                    new: old,
+                    expected: value,
+                    new: redis_record::encode(&old, &data),
                     ttl: ttl(&old, &policy, now),
-                    successor: Some((next.store_key(), succ, ttl(&succ, &policy, now))),
-                })
+                    successor: Some(SuccessorWrite {
+                        key: next.store_key(),
+                        value: succ_value.clone(),
+                        ttl: ttl(&succ, &policy, now),
+                        subject,
+                    }),
+                };
+                let stored = Stored { id: next, record: succ, data, value: succ_value };
+                self.state = State::Writing { id, renewal: true, stored };
+                Step::Send(cmd)
             }
             // Hand out the successor only while it lives: a destroyed one never comes back.
             Verdict::Successor => {
                 let next = signer.successor(&id);
                 self.state = State::CheckingSuccessor { id, next };
-                Step::Send(Command::Exists { key: next.store_key() })
+                Step::Send(Command::Get { key: next.store_key() })
             }
             Verdict::Expired => self.create(Status::Expired, Some((id.store_key(), None)), client),
             // An old ID within its grace speaks for the whole session: its successor goes too.
@@ -434,57 +494,66 @@ impl Flow {
         }
     }
 
+    /// Decides on the value of `id` read from Redis (`Nil`: there is none).
+    fn read(&mut self, id: SessionId, value: Vec<u8>, signer: &Signer, client: &Client) -> Step {
+        match redis_record::decode(&value) {
+            Some(decoded) => self.apply(id, value, decoded, signer, client),
+            // Not ours (foreign, corrupted or an earlier version): never trusted, replaced.
+            None => self.create(Status::Invalid, Some((id.store_key(), None)), client),
+        }
+    }
+
     /// Feeds the reply to the last command sent.
     pub fn on_reply(&mut self, reply: Reply, signer: &Signer, client: &Client) -> Step {
         if let Reply::Error(_) = reply {
             return Step::Done(self.failed());
         }
-        match self.state {
+        match core::mem::replace(&mut self.state, State::Done) {
             State::Looking { id } => match reply {
                 Reply::Nil => self.create(Status::Invalid, None, client),
-                Reply::Bulk(b) => match Record::decode(&b) {
-                    Some(rec) => self.apply(id, rec, signer, client),
-                    // Not ours (foreign or corrupted value): never trusted, replaced.
-                    None => self.create(Status::Invalid, Some((id.store_key(), None)), client),
-                },
+                Reply::Bulk(b) => self.read(id, b, signer, client),
                 _ => Step::Done(self.failed()),
             },
-            State::Writing { id, next } => match reply {
-                Reply::Int(1) => match next {
-                    Some(next) => self.done(Evaluation {
-                        status: Status::Renewed,
-                        id: Some(next),
-                        set_cookie: true,
-                        renewal: true,
-                    }),
-                    None => self.done(Evaluation {
-                        status: Status::Valid,
-                        id: Some(id),
-                        set_cookie: false,
-                        renewal: false,
-                    }),
-                },
-                // Someone else changed the record since we read it: decide again on theirs.
-                Reply::Bulk(b) => match Record::decode(&b) {
-                    Some(rec) => self.apply(id, rec, signer, client),
-                    None => self.create(Status::Invalid, Some((id.store_key(), None)), client),
-                },
+            State::Writing { id, renewal, stored } => match reply {
+                Reply::Int(1) => {
+                    let eval = Evaluation {
+                        status: if renewal { Status::Renewed } else { Status::Valid },
+                        id: Some(stored.id),
+                        set_cookie: renewal,
+                        renewal,
+                    };
+                    self.done(eval, stored)
+                }
+                // Someone else changed the value since we read it: decide again on theirs.
+                Reply::Bulk(b) => self.read(id, b, signer, client),
                 Reply::Nil => self.create(Status::Invalid, None, client),
                 _ => Step::Done(self.failed()),
             },
-            State::CheckingSuccessor { id, next } => match reply {
-                Reply::Int(1) => self.done(Evaluation {
-                    status: Status::Renewed,
-                    id: Some(next),
-                    set_cookie: true,
-                    renewal: false,
-                }),
-                Reply::Int(_) => self.create(Status::Invalid, Some((id.store_key(), None)), client),
-                _ => Step::Done(self.failed()),
-            },
-            State::Creating { status, id } => match reply {
+            State::CheckingSuccessor { id, next } => {
+                let successor = match &reply {
+                    Reply::Bulk(b) => redis_record::decode(b),
+                    Reply::Nil => None,
+                    _ => return Step::Done(self.failed()),
+                };
+                match (successor, reply) {
+                    (Some((record, data)), Reply::Bulk(value)) => {
+                        let eval = Evaluation {
+                            status: Status::Renewed,
+                            id: Some(next),
+                            set_cookie: true,
+                            renewal: false,
+                        };
+                        self.done(eval, Stored { id: next, record, data, value })
+                    }
+                    _ => self.create(Status::Invalid, Some((id.store_key(), None)), client),
+                }
+            }
+            State::Creating { status, id, record } => match reply {
                 Reply::Ok => {
-                    self.done(Evaluation { status, id: Some(id), set_cookie: true, renewal: false })
+                    let eval =
+                        Evaluation { status, id: Some(id), set_cookie: true, renewal: false };
+                    let value = redis_record::encode(&record, &Data::new());
+                    self.done(eval, Stored { id, record, data: Data::new(), value })
                 }
                 // The random ID is taken (never, in practice): draw another.
                 Reply::Nil => self.create(status, None, client),
@@ -522,45 +591,50 @@ pub fn parse_identity(value: &[u8]) -> Option<SharedIdentity> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use std::collections::{BTreeSet, HashMap};
 
     /// A Redis that understands exactly the commands above (TTLs recorded, not run).
     #[derive(Default)]
-    struct FakeRedis {
-        data: HashMap<Vec<u8>, (Vec<u8>, u64)>,
-        commands: usize,
+    pub(crate) struct FakeRedis {
+        pub(crate) data: HashMap<Vec<u8>, (Vec<u8>, u64)>,
+        /// Subject sets: members and TTL.
+        pub(crate) sets: HashMap<Vec<u8>, (BTreeSet<Vec<u8>>, u64)>,
+        pub(crate) commands: usize,
     }
 
     impl FakeRedis {
         fn exec(&mut self, cmd: &Command) -> Reply {
             self.commands += 1;
             match cmd {
-                Command::Get { key } => match self.data.get(&key_name(key)) {
+                Command::Get { key } => match self.data.get(&session_key(key)) {
                     Some((v, _)) => Reply::Bulk(v.clone()),
                     None => Reply::Nil,
                 },
-                Command::Exists { key } => {
-                    Reply::Int(self.data.contains_key(&key_name(key)) as i64)
-                }
                 Command::Create { key, record, ttl } => self.set_nx(key, record, *ttl),
                 Command::Cas { key, expected, new, ttl, successor } => {
-                    let k = key_name(key);
+                    let k = session_key(key);
                     let cur = self.data.get(&k).map(|(v, _)| v.clone());
-                    if cur.as_deref() != Some(&expected.encode()[..]) {
+                    if cur.as_deref() != Some(&expected[..]) {
                         return cur.map(Reply::Bulk).unwrap_or(Reply::Nil);
                     }
-                    self.data.insert(k, (new.encode().to_vec(), *ttl));
-                    if let Some((sk, sr, st)) = successor {
-                        self.set_nx(sk, sr, *st);
+                    self.data.insert(k.clone(), (new.clone(), *ttl));
+                    if let Some(s) = successor {
+                        let sk = session_key(&s.key);
+                        self.data.entry(sk.clone()).or_insert((s.value.clone(), s.ttl));
+                        if let Some((subject, set_ttl)) = s.subject {
+                            let set = self.set(&subject, set_ttl);
+                            set.remove(&k);
+                            set.insert(sk);
+                        }
                     }
                     Reply::Int(1)
                 }
                 Command::Replace { old, successor, key, record, ttl } => {
-                    self.data.remove(&key_name(old));
+                    self.data.remove(&session_key(old));
                     if let Some(successor) = successor {
-                        self.data.remove(&key_name(successor));
+                        self.data.remove(&session_key(successor));
                     }
                     self.set_nx(key, record, *ttl)
                 }
@@ -584,15 +658,49 @@ mod tests {
         }
 
         fn set_nx(&mut self, key: &StoreKey, record: &Record, ttl: u64) -> Reply {
-            let k = key_name(key);
+            let k = session_key(key);
             if self.data.contains_key(&k) {
                 return Reply::Nil;
             }
-            self.data.insert(k, (record.encode().to_vec(), ttl));
+            self.data.insert(k, (redis_record::encode(record, &Data::new()), ttl));
             Reply::Ok
         }
 
-        fn run(&mut self, incoming: Incoming, now: u64, client: &Client) -> Evaluation {
+        /// The subject's set, its TTL raised to `ttl` (as SADD + EXPIRE when shorter).
+        pub(crate) fn set(&mut self, subject: &[u8; 16], ttl: u64) -> &mut BTreeSet<Vec<u8>> {
+            let entry = self.sets.entry(subject_set_key(subject)).or_default();
+            entry.1 = entry.1.max(ttl);
+            &mut entry.0
+        }
+
+        /// The data stored for `id`'s session.
+        pub(crate) fn data_of(&self, id: &SessionId) -> Option<Data> {
+            let (v, _) = self.data.get(&session_key(&id.store_key()))?;
+            redis_record::decode(v).map(|(_, d)| d)
+        }
+
+        /// Runs a flow to its end; the evaluation and the session it decided on.
+        pub(crate) fn run_flow(
+            &mut self,
+            incoming: Incoming,
+            now: u64,
+            client: &Client,
+        ) -> (Evaluation, Option<Stored>) {
+            let s = signer();
+            let (mut flow, mut step) = Flow::start(incoming, now, &POLICY, client);
+            for _ in 0..10 {
+                match step {
+                    Step::Done(e) => return (e, flow.stored().cloned()),
+                    Step::Send(cmd) => {
+                        let reply = self.exec(&cmd);
+                        step = flow.on_reply(reply, &s, client);
+                    }
+                }
+            }
+            panic!("flow did not finish");
+        }
+
+        pub(crate) fn run(&mut self, incoming: Incoming, now: u64, client: &Client) -> Evaluation {
             let s = signer();
             let (mut flow, mut step) = Flow::start(incoming, now, &POLICY, client);
             for _ in 0..10 {
@@ -608,11 +716,11 @@ mod tests {
         }
     }
 
-    const POLICY: Policy =
+    pub(crate) const POLICY: Policy =
         Policy { idle: 30, rolling: 60, absolute: 300, check_ip: true, check_user_agent: true };
-    const ALICE: Client = Client::hashed(1, 2);
+    pub(crate) const ALICE: Client = Client::hashed(1, 2);
 
-    fn signer() -> Signer {
+    pub(crate) fn signer() -> Signer {
         Signer::new(b"a secret that is long enough......")
     }
 
@@ -626,7 +734,7 @@ mod tests {
         assert_eq!((e.status, e.set_cookie, r.commands), (Status::Valid, false, 2));
         // Keys are hashes, every one with a TTL.
         for (k, (_, ttl)) in &r.data {
-            assert!(k.starts_with(b"ngx_sessions:"));
+            assert!(k.starts_with(b"s:") && k.len() == 24);
             assert!(!k.windows(22).any(|w| w == id.encode()));
             assert!(*ttl > 0 && *ttl <= 30);
         }
@@ -646,6 +754,72 @@ mod tests {
         assert_eq!((e.status, e.id, e.renewal), (Status::Renewed, Some(next), false));
         assert_eq!(r.run(Incoming::Verified(next), 1062, &ALICE).status, Status::Valid);
         assert_eq!(r.run(Incoming::Verified(id), 1075, &ALICE).status, Status::Invalid);
+    }
+
+    /// Gives `id`'s session `data` (what a response-time commit does).
+    pub(crate) fn put_data(r: &mut FakeRedis, id: &SessionId, data: &Data) {
+        let k = session_key(&id.store_key());
+        let (v, ttl) = r.data[&k].clone();
+        let (rec, _) = redis_record::decode(&v).unwrap();
+        r.data.insert(k.clone(), (redis_record::encode(&rec, data), ttl));
+        if let Some(subject) = data.subject() {
+            r.set(&data::subject_key(subject), 300).insert(k);
+        }
+    }
+
+    pub(crate) fn user_data(user: &str) -> Data {
+        let mut c = data::Changes::new();
+        c.set(b"user", user.as_bytes());
+        c.set(b"subject", user.as_bytes());
+        Data::new().apply(&c, 1024).unwrap()
+    }
+
+    #[test]
+    fn data_is_read_with_the_record_and_follows_renewal() {
+        let mut r = FakeRedis::default();
+        let (e, stored) = r.run_flow(Incoming::Absent, 1000, &ALICE);
+        assert_eq!(stored.unwrap().data, Data::new());
+        let id = e.id.unwrap();
+        let d = user_data("alice");
+        put_data(&mut r, &id, &d);
+        let commands = r.commands;
+        let (e, stored) = r.run_flow(Incoming::Verified(id), 1000, &ALICE);
+        assert_eq!((e.status, r.commands), (Status::Valid, commands + 1), "one GET");
+        let stored = stored.unwrap();
+        assert_eq!((stored.id, &stored.data), (id, &d));
+        assert_eq!(stored.value, r.data[&session_key(&id.store_key())].0);
+        // A touch keeps the data.
+        let (_, stored) = r.run_flow(Incoming::Verified(id), 1029, &ALICE);
+        assert_eq!(stored.unwrap().data, d);
+        assert_eq!(r.data_of(&id), Some(d.clone()));
+        r.run_flow(Incoming::Verified(id), 1058, &ALICE);
+        // Rolling renewal: the successor has the data and replaces the old ID in the set.
+        let (e, stored) = r.run_flow(Incoming::Verified(id), 1060, &ALICE);
+        let next = e.id.unwrap();
+        assert_eq!((e.status, stored.unwrap().data), (Status::Renewed, d.clone()));
+        assert_eq!(r.data_of(&next), Some(d.clone()));
+        let set = &r.sets[&subject_set_key(&data::subject_key(b"alice"))];
+        assert_eq!(set.0.iter().collect::<Vec<_>>(), [&session_key(&next.store_key())]);
+        assert_eq!(set.1, subject_set_ttl(&POLICY));
+        // The old ID in its grace reads the successor's (newer) data.
+        let newer = user_data("alice2");
+        put_data(&mut r, &next, &newer);
+        let (e, stored) = r.run_flow(Incoming::Verified(id), 1061, &ALICE);
+        let stored = stored.unwrap();
+        assert_eq!((e.status, e.id, stored.id), (Status::Renewed, Some(next), next));
+        assert_eq!(stored.data, newer);
+        // Gone successor: the old ID is no way back.
+        r.data.remove(&session_key(&next.store_key()));
+        let (e, stored) = r.run_flow(Incoming::Verified(id), 1062, &ALICE);
+        assert_eq!((e.status, stored.unwrap().data), (Status::Invalid, Data::new()));
+    }
+
+    #[test]
+    fn failure_has_no_session() {
+        let id = SessionId::random();
+        let (mut flow, _) = Flow::start(Incoming::Verified(id), 1000, &POLICY, &ALICE);
+        flow.on_reply(Reply::Error("LOADING".into()), &signer(), &ALICE);
+        assert_eq!((flow.data(), flow.stored()), (None, None));
     }
 
     #[test]
@@ -742,7 +916,7 @@ mod tests {
         let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();
         assert!(text(&with).starts_with("*8\r\n"), "{}", text(&with));
         assert!(text(&with).contains("$1\r\n3\r\n"), "3 keys: {}", text(&with));
-        assert!(text(&with).contains(&text(&key_name(&succ))));
+        assert!(text(&with).contains(&text(&session_key(&succ))));
         assert!(text(&without).starts_with("*7\r\n") && text(&without).contains("$1\r\n2\r\n"));
     }
 
@@ -750,10 +924,15 @@ mod tests {
     fn foreign_values_are_replaced() {
         let mut r = FakeRedis::default();
         let id = SessionId::random();
-        r.data.insert(key_name(&id.store_key()), (b"garbage".to_vec(), 10));
+        r.data.insert(session_key(&id.store_key()), (b"garbage".to_vec(), 10));
         let e = r.run(Incoming::Verified(id), 1000, &ALICE);
         assert_eq!(e.status, Status::Invalid);
-        assert!(!r.data.contains_key(&key_name(&id.store_key())));
+        assert!(!r.data.contains_key(&session_key(&id.store_key())));
+        // A version-2 value (41 bytes) is not read either: sessions start afresh.
+        let id = SessionId::random();
+        let v2 = Record::new(1000, &ALICE).encode().to_vec();
+        r.data.insert(session_key(&id.store_key()), (v2, 10));
+        assert_eq!(r.run(Incoming::Verified(id), 1000, &ALICE).status, Status::Invalid);
     }
 
     #[test]
@@ -808,7 +987,7 @@ mod tests {
     #[test]
     fn encodes_resp() {
         let c = Command::Get { key: StoreKey([0xab; 16]) }.encode();
-        assert!(c.starts_with(b"*2\r\n$3\r\nGET\r\n$45\r\nngx_sessions:abab"));
+        assert!(c.starts_with(b"*2\r\n$3\r\nGET\r\n$24\r\ns:q6ur"), "{c:?}");
         let setup = setup_commands(Some("bob"), Some("pw"), 2);
         assert_eq!(setup.len(), 2);
         assert!(setup[0].starts_with(b"*3\r\n$4\r\nAUTH"));
@@ -847,7 +1026,10 @@ mod tests {
         };
         let (ip, ua) = crate::session::legacy_hashes(b"192.0.2.1", b"agent");
         let legacy = Record { ip, user_agent: ua, ..legacy };
-        r.data.insert(key_name(&id.store_key()), (legacy.encode().to_vec(), 30));
+        r.data.insert(
+            session_key(&id.store_key()),
+            (redis_record::encode(&legacy, &Data::new()), 30),
+        );
         let run = |r: &mut FakeRedis, now: u64, client: &Client| {
             let s = signer();
             let (mut flow, mut step) = Flow::start(Incoming::Verified(id), now, &POLICY, client);
@@ -860,9 +1042,9 @@ mod tests {
             panic!("flow did not finish");
         };
         assert_eq!(run(&mut r, 1000, &alice).status, Status::Valid);
-        assert_eq!(r.data[&key_name(&id.store_key())].0[0], 1, "no write, still legacy");
+        assert_eq!(r.data[&session_key(&id.store_key())].0[1], 1, "no write, still legacy");
         assert_eq!(run(&mut r, 1029, &alice).status, Status::Valid);
-        let stored = Record::decode(&r.data[&key_name(&id.store_key())].0).unwrap();
+        let stored = redis_record::decode(&r.data[&session_key(&id.store_key())].0).unwrap().0;
         assert_eq!(stored.hashes, crate::session::BindingHashes::Keyed, "touched: rewritten");
         assert_eq!((stored.ip, stored.user_agent), (alice.ip, alice.user_agent));
         assert_eq!(run(&mut r, 1030, &alice).status, Status::Valid);

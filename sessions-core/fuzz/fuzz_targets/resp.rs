@@ -5,7 +5,10 @@
 //! the input, read as a session record near the flow's clock followed by a script of
 //! replies (nil, OK, 0, 1, the record again or changed by another instance, an error),
 //! drives a flow for a returning cookie through lookup, touch, renewal, successor check
-//! and replacement.
+//! and replacement. Values are `redis_record`'s (version 3: the record, then the data).
+//!
+//! Also: `redis_record::decode` (a decoded session encodes back to the same session) and
+//! the commit script's reply (`redis_commit::parse_reply`).
 //!
 //! Checked: nothing panics; when the whole input is a complete reply, every shorter
 //! prefix is either "need more" or the same complete reply (never garbage, never a
@@ -14,16 +17,18 @@
 //! identity. A flow ends within a bounded number of replies, every command it sends
 //! encodes, and its result is coherent (a `Set-Cookie` always has an ID, a failure keeps
 //! the cookie's ID and sets none, `valid` keeps the cookie's ID, `renewed` hands out its
-//! derived successor); a compare-and-set expects exactly the record last read, and a
+//! derived successor); a compare-and-set expects exactly the value last read, and a
 //! replacement deletes the cookie's key (with its successor's only for an old ID).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sessions_core::cookie::{is_token, Incoming, SessionId, Signer};
+use sessions_core::data::Data;
 use sessions_core::redis_flow::{
     parse_identity, parse_reply, parse_shared, Command, Flow, Parsed, Reply, Step, IDENTITY_LEN,
 };
+use sessions_core::redis_record;
 use sessions_core::session::{
     BindingHashes, BindingKey, Client, Evaluation, Policy, Record, Status, RENEWAL_GRACE,
 };
@@ -117,8 +122,10 @@ fn scripted(data: &[u8], signer: &Signer, client: &Client) {
     let id = SessionId([3; 16]);
     let (mut flow, mut step) = Flow::start(Incoming::Verified(id), NOW, &POLICY, client);
     assert_eq!(step, Step::Send(Command::Get { key: id.store_key() }));
-    // The record the flow last read (a compare-and-set must expect exactly that).
-    let mut read: Option<Record> = None;
+    // The value of the cookie's key the flow last read (a compare-and-set must expect
+    // exactly that).
+    let mut read: Option<Vec<u8>> = None;
+    let value = |rec: &Record| redis_record::encode(rec, &Data::new());
     let mut script = script.iter();
     let mut replies = 0;
     let eval = loop {
@@ -130,13 +137,15 @@ fn scripted(data: &[u8], signer: &Signer, client: &Client) {
         match &cmd {
             Command::Cas { key, expected, .. } => {
                 assert_eq!(*key, id.store_key());
-                assert_eq!(Some(*expected), read, "compare-and-set against another record");
+                assert_eq!(Some(expected), read.as_ref(), "compare-and-set against another value");
             }
             Command::Replace { old, successor, .. } => {
                 assert_eq!(*old, id.store_key());
                 if let Some(s) = successor {
                     assert_eq!(*s, signer.successor(&id).store_key());
-                    assert_ne!(read.map(|r| r.renewed_at), Some(0), "successor of a fresh ID");
+                    let renewed_at =
+                        read.as_deref().and_then(redis_record::decode).map(|(r, _)| r.renewed_at);
+                    assert_ne!(renewed_at, Some(0), "successor of a fresh ID");
                 }
             }
             _ => {}
@@ -145,25 +154,26 @@ fn scripted(data: &[u8], signer: &Signer, client: &Client) {
         replies += 1;
         // The first reply is the record; then the script (an error once it runs out).
         let reply = match (replies, script.next()) {
-            (1, _) => Reply::Bulk(rec.encode().to_vec()),
+            (1, _) => Reply::Bulk(value(&rec)),
             (_, None) => Reply::Error("ERR script ran out".into()),
             (_, Some(b)) => match b % 8 {
                 0 => Reply::Nil,
                 1 => Reply::Ok,
                 2 => Reply::Int(0),
                 3 | 4 => Reply::Int(1),
-                5 => Reply::Bulk(rec.encode().to_vec()),
+                5 => Reply::Bulk(value(&rec)),
                 6 => {
                     // Another instance touched or renewed it meanwhile.
                     rec.last_seen = NOW - u64::from(b >> 4);
                     rec.renewed_at = if b & 8 != 0 { NOW - 1 } else { rec.renewed_at };
-                    Reply::Bulk(rec.encode().to_vec())
+                    Reply::Bulk(value(&rec))
                 }
                 _ => Reply::Error("ERR".into()),
             },
         };
         read = match (&reply, &cmd) {
-            (Reply::Bulk(b), Command::Get { .. } | Command::Cas { .. }) => Record::decode(b),
+            (Reply::Bulk(b), Command::Get { key }) if *key == id.store_key() => Some(b.clone()),
+            (Reply::Bulk(b), Command::Cas { .. }) => Some(b.clone()),
             _ => read,
         };
         step = flow.on_reply(reply, signer, client);
@@ -193,10 +203,19 @@ fuzz_target!(|data: &[u8]| {
         }
         drive(reply, &signer, &client);
     }
-    // The input as the value stored under the cookie's key (a record when 41 bytes with a
-    // known version: the decision logic then runs on attacker-shaped times).
+    // The input as the value stored under the cookie's key (a session when it decodes as
+    // version 3: the decision logic then runs on attacker-shaped times and data).
     drive(&Reply::Bulk(data.to_vec()), &signer, &client);
     scripted(data, &signer, &client);
+
+    // A session value: what decodes encodes back to an equal session (varints read
+    // leniently, written canonically); a commit script's reply splits or is refused.
+    if let Some((rec, d)) = redis_record::decode(data) {
+        assert_eq!(redis_record::decode(&redis_record::encode(&rec, &d)), Some((rec, d)));
+    }
+    if let Some((_, _, rest)) = sessions_core::redis_commit::parse_reply(data) {
+        assert!(rest.len() < data.len());
+    }
 
     if let Some((secret, name)) = parse_identity(data) {
         assert!(is_token(&name));
