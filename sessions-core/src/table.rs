@@ -1669,9 +1669,8 @@ pub(crate) mod tests {
     #[test]
     fn data_read_write_move_remove() {
         // Under Miri a smaller table and largest value: each walk of the table costs there.
-        let (bytes_, largest) =
-            if cfg!(miri) { (16 * 1024, 4000) } else { (256 * 1024, 64 * 1024) };
-        let mut o = Owned::new(bytes_);
+        let (zone, largest) = if cfg!(miri) { (16 * 1024, 4000) } else { (256 * 1024, 64 * 1024) };
+        let mut o = Owned::new(zone);
         let mut t = o.table();
         for n in 0..10 {
             t.insert(&key(n), &rec(0), 10_000, false, 0).unwrap();
