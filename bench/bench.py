@@ -10,7 +10,8 @@ S-* against B0c is the module's own cost), B1 module loaded but `sessions off`, 
 `userid on` with a returning uid cookie, S-new / S-ret / S-renew the module with its
 shared-memory store (new session per request / returning cookie / every cookie renewed),
 L0 bare NGINX driven by S-renew's Lua client (what that client costs by itself), R-new /
-R-ret the Redis store (a local redis-server on wrk's core).
+R-ret the Redis store (a local redis-server on wrk's core), D-ret / D-set session data
+(3 keys of ~40 B read into a header on every request / a `sessions_set` on every request).
 
 What it does, in order:
   1. starts one NGINX per scenario (same binary, 1 worker pinned to core 0, temp prefix,
@@ -27,6 +28,7 @@ What it does, in order:
 
 Knobs (environment, for quick trial runs; `make bench` uses the defaults):
   BENCH_DURATION=8  BENCH_WARMUP=3  BENCH_CONNECTIONS=32  BENCH_ROUNDS=3  BENCH_FILL=150000
+  BENCH_POOL_ONLY=1  only B0 and the Redis pipelining rows (R-*@32, R-*@256), their table
 (3 rounds of 8 s: ~0.5-1.1M requests per run, ~6-7 min for all of `make bench` on 2 cores.)
 """
 
@@ -287,8 +289,8 @@ def disturbed(r):
     return r["worker_preempted"] > 0.05 or r["other_busy"] > 0.05
 
 
-def run_wrk(ng, duration, headers=(), script=REPORT_LUA, script_args=()):
-    cmd = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s",
+def run_wrk(ng, duration, headers=(), script=REPORT_LUA, script_args=(), connections=None):
+    cmd = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{connections or CONNECTIONS}", f"-d{duration}s",
            "--timeout", "5s", "-s", script]
     for h in headers:
         cmd += ["-H", h]
@@ -454,6 +456,49 @@ class SessRet(Scenario):
         # Still the same session after the run (nothing evicted or renewed it).
         r = httpc.get(self.ng.port, "/v/", cookie=self.headers[0].split(": ", 1)[1])
         expect(r.header("x-s") == "valid", f"S-ret: cookie still valid after the run: {r}")
+
+
+# D-ret's session data: 3 keys of ~40 bytes, written once by /seed.
+DATA_VALUES = {k: (k * 8 + "-0123456789abcdefghijklmnopqrstu")[:40] for k in "abc"}
+DATA_SEED = "location = /seed {\n    rewrite ^ /index.html break;\n" + "".join(
+    f"    sessions_set {k} {v};\n" for k, v in DATA_VALUES.items()) + "}"
+
+
+class DataRet(SessRet):
+    """D-ret: S-ret whose session holds 3 keys of ~40 bytes, all read into a response
+    header (`$session_data_a$session_data_b$session_data_c`) on every request."""
+
+    def verify(self):
+        r = httpc.get(self.ng.port, "/seed")
+        got = r.set_cookies(NAME)
+        expect(r.status == 200 and len(got) == 1, f"D-ret: /seed starts a session: {r}")
+        self.headers = (f"Cookie: {NAME}={got[0]}",)
+        r = httpc.get(self.ng.port, cookie=f"{NAME}={got[0]}")
+        want = "".join(DATA_VALUES.values())
+        expect(r.status == 200 and r.header("x-d") == want and r.header("set-cookie") is None,
+               f"D-ret: the measured path reads the 3 values, no Set-Cookie: {r}")
+
+    def measure(self):
+        Scenario.measure(self)
+        r = httpc.get(self.ng.port, cookie=self.headers[0].split(": ", 1)[1])
+        expect(r.header("x-d") == "".join(DATA_VALUES.values()),
+               f"D-ret: the data is still there after the run: {r}")
+
+
+class DataSet(SessRet):
+    """D-set: S-ret with a `sessions_set` on every request, to a value that changes every
+    request (`$connection_requests`), so each response writes the session's data."""
+
+    def verify(self):
+        super().verify()
+        cookie = self.headers[0].split(": ", 1)[1]
+        r = httpc.get(self.ng.port, "/n", cookie=cookie)
+        expect(r.header("x-n") not in (None, ""), f"D-set: the previous request's value is read: {r}")
+
+    def measure(self):
+        Scenario.measure(self)
+        r = httpc.get(self.ng.port, "/v/", cookie=self.headers[0].split(": ", 1)[1])
+        expect(r.header("x-s") == "valid", f"D-set: cookie still valid after the run: {r}")
 
 
 class SessRenew(Scenario):
@@ -644,7 +689,20 @@ def make_scenarios(best_rate, bare_rate, redis=None):
                   best_rate),
         ClientRef("L0", "bare NGINX driven by the S-renew Lua client (client-cost reference)",
                   dict(module=False, verify=False), bare_rate),
-    ] + (redis_scenarios(redis) if redis else [])
+    ] + data_scenarios(mod) + (redis_scenarios(redis) if redis else [])
+
+
+def data_scenarios(mod):
+    # Rows self-contained: the shared-memory store; the Redis ones are added with Redis's.
+    return [
+        DataRet("D-ret", "sessions on, returning cookie, 3 keys of ~40 B read into a header",
+                dict(mod, server="sessions on;\n"
+                     "add_header X-D $session_data_a$session_data_b$session_data_c;\n" + DATA_SEED)),
+        DataSet("D-set", "sessions on, returning cookie, `sessions_set` on every request",
+                dict(mod, server="sessions on;\nsessions_set n $connection_requests;\n"
+                     "location = /n {\n    rewrite ^ /index.html break;\n"
+                     "    add_header X-N $session_data_n;\n}")),
+    ]
 
 
 def redis_scenarios(redis):
@@ -659,6 +717,119 @@ def redis_scenarios(redis):
         RedisRet("R-ret", "sessions on, Redis, returning valid cookie",
                  dict(module=True, http=http, server="sessions on;")),
     ]
+
+
+# ---------------------------------------------------------------------------------------
+# Redis pipelining (issue 10): R-new / R-ret at 32 and 256 wrk connections with the
+# default `sessions_redis_keepalive` (10), and Redis connections opened per request
+# (`total_connections_received` delta / requests: 0 in steady state when pipelined).
+# B0@256 is bare NGINX at 256 connections, the baseline of the 256 rows.
+# ---------------------------------------------------------------------------------------
+
+POOL_CLIENTS = (32, 256)
+
+
+def redis_connections_received(redis):
+    """`INFO stats` `total_connections_received` (this query's own connection included)."""
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as c:
+        c.sendall(b"INFO stats\r\n")
+        data = b""
+        while b"total_connections_received:" not in data or not data.endswith(b"\r\n"):
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    m = re.search(rb"total_connections_received:(\d+)", data)
+    if not m:
+        raise BenchError("redis INFO stats has no total_connections_received")
+    return int(m.group(1))
+
+
+class AtClients:
+    """Mixin: the scenario runs wrk with its own number of connections."""
+
+    clients = None
+
+    def warmup(self):
+        run_wrk(self.ng, WARMUP, self.headers, connections=self.clients)
+
+    def measure(self):
+        self.runs.append(self.run_at(DURATION))
+
+    def run_at(self, duration):
+        return run_wrk(self.ng, duration, self.headers, connections=self.clients)
+
+
+class PoolBare(AtClients, Bare):
+    pass
+
+
+class PoolRedis(AtClients):
+    """Counts the Redis connections NGINX opens during each measured run."""
+
+    def run_at(self, duration):
+        # A short run first: the pool may have closed while other scenarios ran (the
+        # keepalive timeout, 30 s), and reopening it is not the steady state measured.
+        super().run_at(1)
+        before = redis_connections_received(self.redis)
+        r = super().run_at(duration)
+        # minus the connection of the second INFO query itself
+        opened = redis_connections_received(self.redis) - before - 1
+        r["redis_conns"] = opened
+        r["redis_conns_per_req"] = opened / r["requests"]
+        return r
+
+
+class PoolRedisNew(PoolRedis, RedisNew):
+    pass
+
+
+class PoolRedisRet(PoolRedis, RedisRet):
+    pass
+
+
+def pool_scenarios(redis):
+    RedisNew.redis = RedisRet.redis = redis
+    http = (SESSIONS_HTTP + "\n" + LONG_TIMEOUTS
+            + f"\n    sessions_redis redis://127.0.0.1:{redis.port};")  # default keepalive
+    out = []
+    for n in POOL_CLIENTS:
+        if n != CONNECTIONS:
+            b = PoolBare(f"B0@{n}", f"bare NGINX, module not loaded, {n} connections",
+                         dict(module=False, verify=False))
+            b.clients = n
+            out.append(b)
+        for cls, kind, title in ((PoolRedisNew, "new", "no cookie (new session each request)"),
+                                 (PoolRedisRet, "ret", "returning valid cookie")):
+            s = cls(f"R-{kind}@{n}", f"sessions on, Redis, default keepalive, {title}, {n} connections",
+                    dict(module=True, http=http, server="sessions on;"))
+            s.clients = n
+            out.append(s)
+    return out
+
+
+def pool_report(scenarios):
+    """The pipelining table: req/s and its ratio to bare NGINX at the same concurrency,
+    Redis connections opened per request."""
+    by = {s.key: s for s in scenarios}
+    rows = [s for s in scenarios if isinstance(s, PoolRedis) and s.runs]
+    if not rows:
+        return ""
+    L = ["Redis pipelining: R-new / R-ret with the default `sessions_redis_keepalive` (10) at "
+         f"{' and '.join(map(str, POOL_CLIENTS))} concurrent wrk connections; ×B0 is bare NGINX "
+         "at the same number of connections; connections opened per request = Redis "
+         "`total_connections_received` delta / requests, after a 1 s priming run (0 in steady state):", "",
+         "| scenario | wrk connections | req/s | ×B0 | p99 µs | CPU µs/req | Redis connections opened | per request |",
+         "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for s in rows:
+        base = by.get("B0" if s.clients == CONNECTIONS else f"B0@{s.clients}")
+        rps = med(s.runs, "rps")
+        ratio = fmt_ratio(rps / med(base.runs, "rps")) if base and base.runs else "–"
+        L.append(f"| **{s.key}** | {s.clients} | {rps:,.0f} | {ratio} | {med(s.runs, 'p99_us'):,.0f} | "
+                 f"{med(s.runs, 'cpu_us'):.2f} | {sum(r['redis_conns'] for r in s.runs):,} | "
+                 f"{med(s.runs, 'redis_conns_per_req'):.4f} |")
+    L.append("")
+    return "\n".join(L) + "\n"
 
 
 # ---------------------------------------------------------------------------------------
@@ -928,6 +1099,8 @@ def report(scenarios, zone, crit, elapsed_s):
             L.append(f"| {title} | not run |")
     L.append("")
 
+    L.append(pool_report(scenarios))
+
     # targets
     L.append("Targets (reported, not asserted):")
     L.append("")
@@ -944,6 +1117,9 @@ def report(scenarios, zone, crit, elapsed_s):
     if by["S-new"].runs:
         d = med(by["S-new"].runs, "user_us") - B0["user_us"]
         target("S-new ≤ +0.8 µs user CPU per request over B0", d <= 0.8, f"{d:+.2f} µs")
+    if "D-ret" in by and by["D-ret"].runs and by["S-ret"].runs:
+        x = med(by["D-ret"].runs, "rps") / med(by["S-ret"].runs, "rps")
+        target("D-ret ≥ 0.95 × S-ret req/s (issue 9)", x >= 0.95, f"{x:.2f}")
     if "hot_path" in crit:
         target("hot path (criterion) ≤ 300 ns", crit["hot_path"][0] <= 300,
                f"{crit['hot_path'][0]:.0f} ns")
@@ -1052,7 +1228,15 @@ def main():
         redis = RedisServer(args.tmp)
     else:
         say("redis-server not found: R-new / R-ret skipped")
-    scenarios.extend(make_scenarios(best_rate, bare_rate, redis))
+    pool_only = os.environ.get("BENCH_POOL_ONLY") == "1"
+    if pool_only:
+        # A quick look at the pipelining rows alone (B0 for their ratio), no report file.
+        if not redis:
+            raise BenchError("BENCH_POOL_ONLY needs redis-server")
+        scenarios.append(Bare("B0", "bare NGINX, module not loaded", dict(module=False, verify=False)))
+        scenarios.extend(pool_scenarios(redis))
+    else:
+        scenarios.extend(make_scenarios(best_rate, bare_rate, redis) + (pool_scenarios(redis) if redis else []))
     zone = None
     try:
         # B0c after S-ret, whose checks obtain the cookie B0c is sent (sort is stable)
@@ -1083,6 +1267,10 @@ def main():
                     f"other load {r['other_busy']:.0%}{extra}")
         for s in scenarios:
             s.teardown()
+        if pool_only:
+            print()
+            print(pool_report(scenarios))
+            return
         say(f"zone capacity: filling {FILL_ZONE} with {FILL_REQUESTS:,} new sessions")
         zone = measure_zone(args.tmp)
         say(f"zone: {zone['k_low']:,}–{zone['k_high']:,} sessions, "

@@ -9,7 +9,7 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_push, ngx_conf_t, ngx_event_t, ngx_http_handler_pt,
     ngx_http_phases_NGX_HTTP_ACCESS_PHASE as NGX_HTTP_ACCESS_PHASE, ngx_http_request_t, ngx_int_t,
-    ngx_time, NGX_LOG_ALERT,
+    ngx_time, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ALERT,
 };
 use ngx::http::{
     HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
@@ -19,6 +19,7 @@ use ngx::ngx_log_error;
 use crate::conf::{MainConf, Resolved};
 use crate::cookie::{CookieCollector, Incoming, VerifiedBy};
 use crate::ctx::{self, RequestCtx};
+use crate::data::Data;
 use crate::fetch_metadata;
 use crate::identity::{self, Identity};
 use crate::log::{self, debug_http};
@@ -82,11 +83,44 @@ fn kind(incoming: Incoming) -> &'static str {
 unsafe extern "C" fn access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: NGINX calls phase handlers with a live request.
     let rc = unsafe { evaluate(r) };
+    if rc != Status::NGX_DECLINED.into() {
+        return rc;
+    }
     // SAFETY: as above.
-    if rc == Status::NGX_DECLINED.into() && unsafe { pass_cookie::apply(r) }.is_err() {
+    if unsafe { pass_cookie::apply(r) }.is_err() {
         return Status::NGX_ERROR.into();
     }
-    rc
+    // SAFETY: as above.
+    unsafe { require(r) }
+}
+
+/// `sessions_require`, once the session is decided (here, after a Redis resume, and again
+/// in the location an internal redirect leads to): every value neither empty nor `0`, or
+/// 401 (`error=`); 503 when the store failed.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn require(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: the caller's contract.
+    let req = unsafe { &*r };
+    let Some(require) = Module::location_conf(req).and_then(|l| l.data.require()) else {
+        return Status::NGX_DECLINED.into();
+    };
+    // SAFETY: the main request of a live request is live.
+    let status = unsafe { ctx::with(req.main, |ctx| ctx.eval.status) };
+    if status == Some(session::Status::Error) {
+        debug_http!(req, "sessions_require: store error, 503");
+        return NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t;
+    }
+    // SAFETY: as above.
+    match unsafe { require.satisfied(r) } {
+        Some(true) => Status::NGX_DECLINED.into(),
+        Some(false) => {
+            debug_http!(req, "sessions_require: not satisfied, {}", require.error);
+            require.error as ngx_int_t
+        }
+        None => Status::NGX_ERROR.into(),
+    }
 }
 
 /// Evaluates the session of a main request once.
@@ -123,6 +157,7 @@ unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
         // SAFETY: live main request without a context.
         return unsafe { start_redis(r, res, mcf, upstream) };
     }
+    let mut data = Vec::new();
     let Some((eval, incoming)) = identity::with(res, mcf, |id| {
         let ((incoming, by), client) = (incoming(req, &id), client(req, &id));
         if fetch_metadata::held_back(req, res.samesite, incoming) {
@@ -133,9 +168,16 @@ unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
             Some(mut locked) => {
                 let mut table = locked.table();
                 let verifier = id.keys().verifier(by);
-                let eval =
-                    session::evaluate(&mut table, incoming, verifier, now, &res.policy, &client)
-                        .resigned(incoming, by);
+                let eval = session::evaluate_reading(
+                    &mut table,
+                    incoming,
+                    verifier,
+                    now,
+                    &res.policy,
+                    &client,
+                    &mut data,
+                )
+                .resigned(incoming, by);
                 let evictions = table.eviction_report(now);
                 drop(locked);
                 if let Some(report) = evictions {
@@ -166,7 +208,14 @@ unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     // SAFETY: live main request without a context (checked above).
     match unsafe { ctx::create(r, eval, redis_done) } {
-        Some(_) => Status::NGX_DECLINED.into(),
+        Some(mut ctx) => {
+            if !data.is_empty() {
+                // The table holds only what `respond` wrote: a stored form.
+                // SAFETY: just created; nothing else borrows it.
+                unsafe { ctx.as_mut().data = Data::decode(&data).unwrap_or_default() };
+            }
+            Status::NGX_DECLINED.into()
+        }
         None => Status::NGX_ERROR.into(),
     }
 }

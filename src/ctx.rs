@@ -16,6 +16,7 @@ use ngx::ffi::{ngx_event_t, ngx_http_request_t, ngx_pool_cleanup_add, ngx_pool_c
 use ngx::http::HttpModule;
 
 use crate::cookie::{Incoming, VerifiedBy};
+use crate::data::Data;
 use crate::redis::{Done, Waiter};
 use crate::redis_flow::Flow;
 use crate::session::Evaluation;
@@ -40,6 +41,14 @@ pub(crate) struct RequestCtx {
     pub(crate) incoming: Incoming,
     /// Which secret verified the cookie: what the Redis path derives successors with.
     pub(crate) verified_by: VerifiedBy,
+    /// The session's data as this request sees it (`$session_data_*`): read with the
+    /// session, replaced by what the response's actions made of it.
+    pub(crate) data: Data,
+    /// The response's actions (`sessions_set`, `sessions_renew`, `sessions_destroy`) were
+    /// applied (or attempted): once per main request.
+    pub(crate) actions_done: bool,
+    /// The response expires our cookie (`sessions_destroy this|all`).
+    pub(crate) expire_cookie: bool,
 }
 
 /// Detaches a command in flight and withdraws a posted resume event, so that nothing
@@ -140,6 +149,9 @@ pub(crate) unsafe fn create(
             flow: None,
             incoming: Incoming::Absent,
             verified_by: VerifiedBy::Current,
+            data: Data::new(),
+            actions_done: false,
+            expire_cookie: false,
         });
         (*cln).handler = Some(CTX_CLEANUP);
         *(*r).ctx.add(ctx_index()) = ctx.cast();

@@ -10,17 +10,22 @@ use core::cell::Cell;
 use ngx::core::Status;
 use ngx::ffi::{
     ngx_http_output_header_filter_pt, ngx_http_request_t, ngx_int_t, ngx_list_part_t,
-    ngx_list_push, ngx_palloc, ngx_str_t, ngx_table_elt_t,
+    ngx_list_push, ngx_palloc, ngx_str_t, ngx_table_elt_t, NGX_LOG_ERR,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf};
+use ngx::ngx_log_error;
 
-use crate::cookie;
-use crate::ctx;
+use crate::cookie::{self, SessionId};
+use crate::ctx::{self, RequestCtx};
+use crate::data::{Applied, CookieChange, Data, Refused};
 use crate::http;
 use crate::identity::{self, Identity};
-use crate::log::debug_http;
-use crate::session::Evaluation;
+use crate::log::{self, debug_http};
+use crate::metrics;
+use crate::session::{self, Evaluation};
+use crate::variables;
 use crate::Module;
+use sessions_core::metrics::DestroyReason;
 
 /// The next filter in the chain, saved by [`install`].
 struct Next(Cell<ngx_http_output_header_filter_pt>);
@@ -45,10 +50,22 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: NGINX calls filters with a live request.
     if unsafe { (*r).main } == r {
         // SAFETY: live main request.
-        if unsafe { main_response(r) }.is_none() {
-            return Status::NGX_ERROR.into();
+        match unsafe { main_response(r) } {
+            Err(()) => return Status::NGX_ERROR.into(),
+            // The Redis write holds the header; it passes it on when Redis answers.
+            Ok(Header::Held) => return Status::NGX_OK.into(),
+            Ok(Header::Pass) => {}
         }
     }
+    // SAFETY: the request the filter was called with.
+    unsafe { next_header_filter(r) }
+}
+
+/// Calls the rest of the header filter chain (also for a header held by the Redis write).
+///
+/// # Safety
+/// `r` is a live request.
+pub(crate) unsafe fn next_header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     match NEXT_HEADER_FILTER.0.get() {
         // SAFETY: the next filter of the chain, with the request it was meant for.
         Some(next) => unsafe { next(r) },
@@ -56,35 +73,32 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
 }
 
-/// The main request's response header. `None` only when memory ran out.
+/// What becomes of the main request's header.
+enum Header {
+    /// On to the next filter.
+    Pass,
+    /// Held until the Redis write is done.
+    Held,
+}
+
+/// The main request's response header. `Err` only when memory ran out.
 ///
 /// # Safety
 /// `r` is a live main request.
-unsafe fn main_response(r: *mut ngx_http_request_t) -> Option<()> {
-    // SAFETY: live request; the borrow ends inside.
-    let evaluated = unsafe {
-        ctx::with(r, |ctx| {
-            let due = ctx.eval.set_cookie && !ctx.cookie_sent;
-            ctx.cookie_sent |= due;
-            due.then_some(ctx.eval)
-        })
-    };
-    // SAFETY: the caller's contract; nothing else borrows the request while the filter runs.
+unsafe fn main_response(r: *mut ngx_http_request_t) -> Result<Header, ()> {
+    // SAFETY: live request.
+    let evaluated = unsafe { ctx::get(r) }.is_some();
+    // SAFETY: the caller's contract; this borrow ends before the context is borrowed.
     let req = unsafe { &mut *r };
     // Sessions are on: evaluated here, or on in the location (answered before the access
     // phase, e.g. by `return`).
-    if evaluated.is_none() && !Module::location_conf(req).is_some_and(|l| l.enabled()) {
-        return Some(());
+    if !evaluated && !Module::location_conf(req).is_some_and(|l| l.enabled()) {
+        return Ok(Header::Pass);
     }
     let (Some(mcf), Some(scf)) = (Module::main_conf(req), Module::server_conf(req)) else {
-        return Some(());
+        return Ok(Header::Pass);
     };
-    let Some(res) = scf.resolved.as_ref() else { return Some(()) };
-    let secure = match res.secure {
-        cookie::Secure::On => true,
-        cookie::Secure::Off => false,
-        cookie::Secure::Auto => is_https(req),
-    };
+    let Some(res) = scf.resolved.as_ref() else { return Ok(Header::Pass) };
     identity::with_name(res, mcf, |name| {
         // Never a Set-Cookie for our name but ours.
         // SAFETY: the response's header list is live; nothing else walks it meanwhile.
@@ -101,14 +115,199 @@ unsafe fn main_response(r: *mut ngx_http_request_t) -> Option<()> {
             })
         }
     });
-    let Some(Some(eval)) = evaluated else { return Some(()) };
-    identity::with(res, mcf, |id| {
+    if !evaluated {
+        return Ok(Header::Pass);
+    }
+    // SAFETY: live main request with a context.
+    if unsafe { respond(r) }? {
+        return Ok(Header::Held);
+    }
+    // SAFETY: live request; the borrow ends inside.
+    unsafe { ctx::with(r, |ctx| emit_cookie(r, ctx)) }.unwrap_or(Some(())).ok_or(())?;
+    Ok(Header::Pass)
+}
+
+/// Applies the response's session actions (once per main request, where the session was
+/// evaluated and is usable). Returns whether the Redis write holds the header.
+///
+/// # Safety
+/// `r` is a live main request with a context.
+unsafe fn respond(r: *mut ngx_http_request_t) -> Result<bool, ()> {
+    // SAFETY: the caller's contract.
+    let req = unsafe { &*r };
+    let Some(lcf) = Module::location_conf(req).filter(|l| l.data.has_actions()) else {
+        return Ok(false);
+    };
+    // SAFETY: the caller's contract; the borrow ends inside.
+    let due = unsafe {
+        ctx::with(r, |ctx| {
+            let due = !ctx.actions_done && ctx.eval.status != session::Status::Error;
+            ctx.actions_done = true;
+            // Held back by Fetch Metadata: no session, nothing to change.
+            ctx.eval.id.filter(|_| due)
+        })
+    };
+    let Some(Some(id)) = due else { return Ok(false) };
+    // Values are computed with no borrow of the context: they may read `$session_*`.
+    // SAFETY: the caller's contract.
+    let Some(actions) = (unsafe { lcf.data.actions(r) }) else { return Err(()) };
+    if actions.is_empty() {
+        return Ok(false);
+    }
+    let (Some(mcf), Some(scf)) = (Module::main_conf(req), Module::server_conf(req)) else {
+        return Ok(false);
+    };
+    let Some(res) = scf.resolved.as_ref() else { return Ok(false) };
+    if mcf.redis_upstream.is_some() {
         // SAFETY: the caller's contract.
-        unsafe { set_cookie(req, &eval, &id, &res.suffix, secure) }?;
+        return unsafe { crate::redis_commit::start(r, &actions) };
+    }
+    let now = ngx::ffi::ngx_time().max(0) as u64;
+    let applied = match mcf.zone.lock() {
+        Some(mut locked) => {
+            let mut table = locked.table();
+            session::respond(&mut table, id, &actions, mcf.data_size(), now, &res.policy)
+        }
+        None => Applied {
+            id: Some(id),
+            data: Data::new(),
+            cookie: CookieChange::Keep,
+            destroyed_this: false,
+            destroyed_others: 0,
+            refused: Some(Refused::Store),
+        },
+    };
+    // SAFETY: the caller's contract; the borrow ends inside.
+    unsafe { ctx::with(r, |ctx| apply(r, ctx, applied)) }.unwrap_or(Some(())).ok_or(())?;
+    Ok(false)
+}
+
+/// Turns what a response's actions did into the request's state and response: the context's
+/// ID and data (what `$session_*` read from now on), our `Set-Cookie` (the new ID, or the
+/// expiring one; never two), the metrics of destroyed sessions, and one `[error]` line when
+/// the data changes were refused. Both stores end here (Redis when its write is done).
+/// `None` only when memory ran out.
+///
+/// # Safety
+/// `r` is a live main request and `ctx` its context.
+pub(crate) unsafe fn apply(
+    r: *mut ngx_http_request_t,
+    ctx: &mut RequestCtx,
+    applied: Applied,
+) -> Option<()> {
+    // SAFETY: the caller's contract.
+    let req = unsafe { &*r };
+    let old_id = ctx.eval.id;
+    if let (Some(refused), Some(id)) = (applied.refused, old_id) {
+        refused_line(req, id, refused);
+    }
+    match applied.cookie {
+        CookieChange::Keep => {}
+        CookieChange::Set(id) => {
+            ctx.eval.id = Some(id);
+            ctx.eval.set_cookie = true;
+        }
+        CookieChange::Expire => {
+            ctx.eval.set_cookie = false;
+            ctx.expire_cookie = true;
+        }
+    }
+    ctx.eval.id = applied.id;
+    let changed = ctx.data != applied.data;
+    ctx.data = applied.data;
+    metrics::with_worker(|w| {
+        if applied.destroyed_this {
+            w.destroyed(DestroyReason::Destroy, 1);
+        }
+        if applied.destroyed_others > 0 {
+            w.destroyed(DestroyReason::Subject, applied.destroyed_others as u64);
+        }
+    });
+    if changed {
+        // SAFETY: the caller's contract.
+        unsafe { variables::forget_data(r) };
+    }
+    // SAFETY: as above.
+    unsafe { emit_cookie(r, ctx) }
+}
+
+/// The `[error]` line of refused data changes.
+fn refused_line(req: &ngx_http_request_t, id: SessionId, refused: Refused) {
+    let (Some(mcf), Some(scf)) = (Module::main_conf(req), Module::server_conf(req)) else {
+        return;
+    };
+    let Some(res) = scf.resolved.as_ref() else { return };
+    let hash = identity::with(res, mcf, |ident| ident.signer.log_hash(&id));
+    let hash = hash.as_ref().map_or("?", |h| core::str::from_utf8(h).unwrap_or("?"));
+    let log = log::request_log(req);
+    let why = match refused {
+        Refused::TooLarge(t) => {
+            format!("{} bytes would exceed sessions_data_size {}", t.size, t.limit)
+        }
+        Refused::Gone => "the session is gone".to_string(),
+        Refused::Store => "the session store failed or has no room".to_string(),
+    };
+    ngx_log_error!(NGX_LOG_ERR, log, "sessions: data of session {} not changed: {}", hash, why);
+}
+
+/// Adds our `Set-Cookie` once, when the session started or got a new ID (or the expiring
+/// one when it was destroyed), and then keeps the response out of shared caches.
+///
+/// # Safety
+/// `r` is a live main request and `ctx` its context.
+unsafe fn emit_cookie(r: *mut ngx_http_request_t, ctx: &mut RequestCtx) -> Option<()> {
+    if ctx.cookie_sent {
+        return Some(());
+    }
+    let eval = ctx.eval;
+    let (set, expire) = (eval.set_cookie && eval.id.is_some(), ctx.expire_cookie);
+    if !set && !expire {
+        return Some(());
+    }
+    ctx.cookie_sent = true;
+    // SAFETY: the caller's contract; nothing else borrows the request meanwhile.
+    let req = unsafe { &mut *r };
+    let (Some(mcf), Some(scf)) = (Module::main_conf(req), Module::server_conf(req)) else {
+        return Some(());
+    };
+    let Some(res) = scf.resolved.as_ref() else { return Some(()) };
+    let secure = match res.secure {
+        cookie::Secure::On => true,
+        cookie::Secure::Off => false,
+        cookie::Secure::Auto => is_https(req),
+    };
+    identity::with(res, mcf, |id| {
+        if expire {
+            // SAFETY: the caller's contract.
+            unsafe { expire_cookie(req, id.name, &res.suffix, secure) }?;
+        } else {
+            // SAFETY: the caller's contract.
+            unsafe { set_cookie(req, &eval, &id, &res.suffix, secure) }?;
+        }
         // SAFETY: as above.
         unsafe { make_private(req) }
     })
     .unwrap_or(Some(()))
+}
+
+/// Writes `Set-Cookie: <name>=; Max-Age=0` with our Path and Domain.
+///
+/// # Safety
+/// `req` is a live main request.
+unsafe fn expire_cookie(
+    req: &mut ngx_http_request_t,
+    name: &[u8],
+    suffix: &[u8],
+    secure: bool,
+) -> Option<()> {
+    let line = cookie::expire_cookie(name, suffix, secure);
+    // SAFETY: the request pool is live.
+    let value = unsafe { ngx_str_t::from_bytes(req.pool, &line) }?;
+    debug_http!(req, "sessions: adding an expiring Set-Cookie");
+    // SAFETY: the caller's contract.
+    let h = unsafe { push_header(req, ngx::ngx_string!("Set-Cookie"), c"set-cookie") }?;
+    h.value = value;
+    Some(())
 }
 
 /// Writes the one `Set-Cookie` line: one buffer of the exact size, from the request pool.

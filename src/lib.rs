@@ -14,7 +14,9 @@
 //! - `ctx.rs`: the per-request state;
 //! - `access.rs`: the access phase that evaluates the session (shm, or Redis with resume);
 //! - `fetch_metadata.rs`: no session from a cookieless cross-site request (SPEC step 7);
-//! - `filter.rs`: the header filter that sets the cookie;
+//! - `filter.rs`: the header filter that applies the response's session actions and sets
+//!   the cookie;
+//! - `redis_commit.rs`: the Redis write of those actions (the header held until it is done);
 //! - `pass_cookie.rs`: `sessions_pass_cookie off` (our cookie kept from the upstream);
 //! - `variables.rs`: `$session_*`;
 //! - `metrics.rs`: `sessions_metrics` and the calls that feed its counters;
@@ -24,7 +26,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(unreachable_pub)]
 
-use sessions_core::{cookie, http, redis_flow, redis_url, session, state, table};
+use sessions_core::{cookie, data, http, redis_flow, redis_url, session, state, table};
 
 mod access;
 mod conf;
@@ -36,6 +38,7 @@ mod log;
 mod metrics;
 mod pass_cookie;
 mod redis;
+mod redis_commit;
 mod shm;
 mod state_file;
 mod variables;
@@ -70,6 +73,7 @@ impl HttpModule for Module {
             return Status::NGX_ERROR.into();
         }
         filter::install();
+        redis_commit::install();
         conf::log_fixed_secrets(cf);
         Status::NGX_OK.into()
     }
@@ -154,9 +158,9 @@ pub static mut ngx_http_sessions_module: ngx_module_t = ngx_module_t {
     ..ngx_module_t::default()
 };
 
-/// A worker's idle Redis connections are closed as it exits, and its state file write
+/// A worker's Redis connections are closed as it exits, and its state file write
 /// finishes.
 unsafe extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
-    redis::close_idle();
+    redis::close_all();
     state_file::exit_process();
 }

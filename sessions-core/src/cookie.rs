@@ -691,6 +691,14 @@ pub fn write_set_cookie(
     n
 }
 
+/// The `Set-Cookie` value that makes the browser forget our cookie (`sessions_destroy`):
+/// `name=; Max-Age=0<suffix>[; Secure]`, with the same Path and Domain as the cookie it
+/// replaces (a browser only drops a cookie whose attributes match).
+pub fn expire_cookie(name: &[u8], suffix: &[u8], secure: bool) -> Vec<u8> {
+    let secure: &[u8] = if secure { SECURE } else { b"" };
+    [name, b"=; Max-Age=0", suffix, secure].concat()
+}
+
 /// A random cookie name: `s` followed by 15 letters and digits (an RFC 6265 token that
 /// does not look like any framework's default).
 pub fn random_name() -> [u8; 16] {
@@ -712,6 +720,22 @@ mod tests {
 
     fn signer() -> Signer {
         Signer::new(b"0123456789abcdef0123456789abcdef")
+    }
+
+    #[test]
+    fn expire_cookie_keeps_path_and_domain() {
+        let attrs = CookieAttrs {
+            domain: Some(b"a.example".to_vec()),
+            path: b"/app".to_vec(),
+            samesite: SameSite::Lax,
+            secure: Secure::Auto,
+        };
+        assert_eq!(
+            expire_cookie(b"sid", &attrs.suffix(), true),
+            b"sid=; Max-Age=0; Domain=a.example; Path=/app; HttpOnly; SameSite=Lax; Secure"
+                .to_vec()
+        );
+        assert_eq!(expire_cookie(b"sid", b"; Path=/", false), b"sid=; Max-Age=0; Path=/".to_vec());
     }
 
     #[test]

@@ -220,6 +220,60 @@ pub fn parse_reply(buf: &[u8]) -> Parsed {
     }
 }
 
+/// Parses the first reply in `buf`, which may hold several (pipelined commands), and says
+/// how many bytes it used (0 unless `Complete`).
+pub fn parse_reply_len(buf: &[u8]) -> (Parsed, usize) {
+    match resp_len(buf, 0) {
+        Ok(None) => (Parsed::Incomplete, 0),
+        Err(()) => (Parsed::Garbage, 0),
+        Ok(Some(n)) => match parse_reply(&buf[..n]) {
+            Parsed::Complete(reply) => (Parsed::Complete(reply), n),
+            // A whole value by its framing that the parser still finds short: not RESP.
+            _ => (Parsed::Garbage, 0),
+        },
+    }
+}
+
+/// Nesting deeper than this is not a reply to any of our commands.
+const MAX_RESP_DEPTH: usize = 8;
+
+/// The length of the first RESP value in `buf` by its framing alone: `Ok(None)` while it
+/// is incomplete, `Err` when it is not RESP.
+fn resp_len(buf: &[u8], depth: usize) -> Result<Option<usize>, ()> {
+    let Some(&kind) = buf.first() else { return Ok(None) };
+    let Some(cr) = buf.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+    let head = cr + 2;
+    let count = || -> Result<i64, ()> {
+        core::str::from_utf8(&buf[1..cr]).ok().and_then(|t| t.parse().ok()).ok_or(())
+    };
+    match kind {
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Ok(Some(head)),
+        b'$' | b'=' | b'!' => match usize::try_from(count()?) {
+            Err(_) => Ok(Some(head)), // null bulk string
+            Ok(n) => {
+                let end = head.checked_add(n).and_then(|e| e.checked_add(2)).ok_or(())?;
+                Ok((buf.len() >= end).then_some(end))
+            }
+        },
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            let Ok(n) = usize::try_from(count()?) else { return Ok(Some(head)) }; // null array
+            if depth >= MAX_RESP_DEPTH {
+                return Err(());
+            }
+            let items = if matches!(kind, b'%' | b'|') { n.checked_mul(2).ok_or(())? } else { n };
+            let mut at = head;
+            for _ in 0..items {
+                match resp_len(&buf[at..], depth + 1)? {
+                    Some(len) => at += len,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(at))
+        }
+        _ => Err(()),
+    }
+}
+
 /// What the glue does next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -717,6 +771,38 @@ mod tests {
             matches!(parse_reply(b"-NOAUTH Authentication required.\r\n"), Parsed::Complete(Reply::Error(e)) if e.contains("NOAUTH"))
         );
         assert_eq!(parse_reply(b"!!garbage\r\n"), Parsed::Garbage);
+    }
+
+    #[test]
+    fn pipelined_replies_are_split() {
+        let buf = b"+OK\r\n$5\r\nhello\r\n:7\r\n$-1\r\n*2\r\n$1\r\na\r\n:1\r\n-ERR x\r\n$3\r\nab";
+        let mut at = 0;
+        let mut got = Vec::new();
+        loop {
+            match parse_reply_len(&buf[at..]) {
+                (Parsed::Complete(r), n) => {
+                    assert!(n > 0);
+                    got.push(r);
+                    at += n;
+                }
+                (Parsed::Incomplete, 0) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got.len(), 6);
+        assert_eq!(got[1], Reply::Bulk(b"hello".to_vec()));
+        assert_eq!(got[3], Reply::Nil);
+        assert!(matches!(&got[5], Reply::Error(e) if e.contains("ERR")));
+        assert_eq!(&buf[at..], b"$3\r\nab");
+        // a bulk string whose payload holds CRLF and looks like a reply
+        assert_eq!(parse_reply_len(b"$5\r\n+OK\r\n\r\n:1\r\n").1, 11);
+        assert_eq!(parse_reply_len(b"").0, Parsed::Incomplete);
+        assert_eq!(parse_reply_len(b"$5\r\nhel").0, Parsed::Incomplete);
+        assert_eq!(parse_reply_len(b"*3\r\n:1\r\n").0, Parsed::Incomplete);
+        assert_eq!(parse_reply_len(b"!!garbage\r\n").0, Parsed::Garbage);
+        assert_eq!(parse_reply_len(b"?\r\n").0, Parsed::Garbage);
+        assert_eq!(parse_reply_len(b"$x\r\n").0, Parsed::Garbage);
+        assert_eq!(parse_reply_len(&b"*1\r\n".repeat(20)).0, Parsed::Garbage);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::cookie::{Incoming, SessionId, Signer, StoreKey, VerifiedBy};
+use crate::data::{subject_key, Actions, Applied, CookieChange, Data, Destroy, Refused};
 
 /// How long a renewed ID keeps answering with its successor (seconds), so that requests
 /// already in flight with the old cookie do not fork the session.
@@ -416,6 +417,21 @@ pub fn evaluate<T: Table>(
     policy: &Policy,
     client: &Client,
 ) -> Evaluation {
+    evaluate_reading(table, incoming, signer, now, policy, client, &mut Vec::new())
+}
+
+/// [`evaluate`], and the session's data (stored form) appended to `data`: the data of the
+/// ID the request goes on with (the successor's, for a renewal or an old ID in its grace,
+/// since data follows a rolling renewal). Nothing for a new session.
+pub fn evaluate_reading<T: Table>(
+    table: &mut T,
+    incoming: Incoming,
+    signer: &Signer,
+    now: u64,
+    policy: &Policy,
+    client: &Client,
+    data: &mut Vec<u8>,
+) -> Evaluation {
     let status = match incoming {
         Incoming::Absent => Status::New,
         Incoming::Invalid => Status::Invalid,
@@ -429,6 +445,7 @@ pub fn evaluate<T: Table>(
                             let rec = Record { last_seen: now, ..client.rebind(&rec) };
                             table.update(&key, &rec, rec.expires_at(policy));
                         }
+                        table.read_data(&key, data);
                         return Evaluation {
                             status: Status::Valid,
                             id: Some(id),
@@ -447,13 +464,17 @@ pub fn evaluate<T: Table>(
                             true,
                             now,
                         ) {
-                            Ok(()) | Err(StoreError::Exists) => {}
+                            // The data follows the session to its new ID.
+                            Ok(()) => table.move_data(&key, &next.store_key()),
+                            // Another worker renewed it first (and moved the data).
+                            Err(StoreError::Exists) => {}
                             Err(StoreError::Unavailable) => {
                                 return Evaluation::store_error(Some(id))
                             }
                         }
                         let old = Record { renewed_at: now, last_seen: now, ..rec };
                         table.update(&key, &old, old.expires_at(policy));
+                        table.read_data(&next.store_key(), data);
                         return Evaluation {
                             status: Status::Renewed,
                             id: Some(next),
@@ -466,6 +487,7 @@ pub fn evaluate<T: Table>(
                     Verdict::Successor => {
                         let next = signer.successor(&id);
                         if table.get(&next.store_key(), now).is_some() {
+                            table.read_data(&next.store_key(), data);
                             return Evaluation {
                                 status: Status::Renewed,
                                 id: Some(next),
@@ -518,6 +540,96 @@ fn start<T: Table>(
         }
     }
     Evaluation::store_error(None)
+}
+
+/// Applies a response's [`Actions`] to the session `id` (shared memory, under the zone's
+/// lock): the sets (one write of the whole data, within `limit`), then an explicit renewal
+/// (a random new ID; the old one is removed at once, so a fixated ID never reaches the
+/// session), then destruction.
+pub fn respond<T: Table>(
+    table: &mut T,
+    id: SessionId,
+    actions: &Actions,
+    limit: usize,
+    now: u64,
+    policy: &Policy,
+) -> Applied {
+    let mut key = id.store_key();
+    let mut current = Vec::new();
+    let mut applied = Applied {
+        id: Some(id),
+        data: Data::new(),
+        cookie: CookieChange::Keep,
+        destroyed_this: false,
+        destroyed_others: 0,
+        refused: None,
+    };
+    let exists = table.read_data(&key, &mut current);
+    // A record's data is always one we wrote; anything else is treated as none.
+    let mut data = Data::decode(&current).unwrap_or_default();
+    if !actions.changes.is_empty() {
+        applied.refused = if !exists {
+            // Destroyed or expired meanwhile: never brought back.
+            Some(Refused::Gone)
+        } else {
+            match data.apply(&actions.changes, limit) {
+                Err(too_large) => Some(Refused::TooLarge(too_large)),
+                Ok(changed) if changed == data => None,
+                Ok(changed) => {
+                    let subject = changed.subject().map(subject_key);
+                    match table.write_data(&key, changed.encoded(), subject, now) {
+                        Ok(()) => {
+                            data = changed;
+                            None
+                        }
+                        Err(DataError::Gone) => Some(Refused::Gone),
+                        Err(DataError::NoRoom) => Some(Refused::Store),
+                    }
+                }
+            }
+        };
+    }
+    if actions.renew && exists {
+        if let Some(rec) = table.get(&key, now) {
+            let next = rec.successor(now);
+            for _ in 0..NEW_ID_ATTEMPTS {
+                let new_id = SessionId::random();
+                let new_key = new_id.store_key();
+                match table.insert(&new_key, &next, next.expires_at(policy), true, now) {
+                    Ok(()) => {
+                        table.move_data(&key, &new_key);
+                        table.remove(&key);
+                        (key, applied.id) = (new_key, Some(new_id));
+                        applied.cookie = CookieChange::Set(new_id);
+                        break;
+                    }
+                    Err(StoreError::Exists) => continue,
+                    // The session goes on under its old ID.
+                    Err(StoreError::Unavailable) => {
+                        applied.refused = applied.refused.or(Some(Refused::Store));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(destroy) = actions.destroy {
+        let subject = data.subject().map(subject_key);
+        if destroy != Destroy::This {
+            if let Some(subject) = subject {
+                applied.destroyed_others = table.remove_subject(&subject, Some(&key));
+            }
+        }
+        if destroy != Destroy::Others {
+            table.remove(&key);
+            applied.destroyed_this = exists;
+            applied.id = None;
+            applied.cookie = CookieChange::Expire;
+            data = Data::new();
+        }
+    }
+    applied.data = data;
+    applied
 }
 
 #[cfg(test)]
@@ -996,5 +1108,156 @@ mod tests {
         assert_eq!(r.expires_at(&POLICY), 400);
         let r = Record { renewed_at: 205, ..Record { created: 100, last_seen: 200, ..r } };
         assert_eq!(r.expires_at(&POLICY), 215);
+    }
+
+    // respond: what a response's actions do to its session (shared-memory semantics).
+
+    fn sets(pairs: &[(&str, &str)]) -> Actions {
+        let mut a = Actions::default();
+        for (k, v) in pairs {
+            a.changes.set(k.as_bytes(), v.as_bytes());
+        }
+        a
+    }
+
+    fn read(t: &mut MapTable, id: SessionId, now: u64) -> (Evaluation, Data) {
+        let mut out = Vec::new();
+        let e =
+            evaluate_reading(t, Incoming::Verified(id), &signer(), now, &POLICY, &ALICE, &mut out);
+        (e, Data::decode(&out).unwrap())
+    }
+
+    #[test]
+    fn sets_are_stored_and_read_back() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        let a = respond(&mut t, id, &sets(&[("user", "alice"), ("n", "1")]), 1024, 1000, &POLICY);
+        assert_eq!((a.id, a.cookie, a.refused), (Some(id), CookieChange::Keep, None));
+        assert_eq!(a.data.get(b"user"), Some(&b"alice"[..]));
+        let (e, d) = read(&mut t, id, 1001);
+        assert_eq!(e.status, Status::Valid);
+        assert_eq!(d, a.data);
+        // An empty value removes the key.
+        let a = respond(&mut t, id, &sets(&[("n", "")]), 1024, 1002, &POLICY);
+        assert_eq!(a.data.get(b"n"), None);
+        assert_eq!(read(&mut t, id, 1003).1.get(b"user"), Some(&b"alice"[..]));
+        // A session without data reads none.
+        let other = begin(&mut t, 1003);
+        assert!(read(&mut t, other, 1004).1.is_empty());
+    }
+
+    #[test]
+    fn too_large_refuses_the_sets_but_not_the_renewal() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        respond(&mut t, id, &sets(&[("a", "1")]), 16, 1000, &POLICY);
+        let mut big = sets(&[("b", "0123456789")]);
+        big.renew = true;
+        let a = respond(&mut t, id, &big, 16, 1001, &POLICY);
+        assert!(matches!(a.refused, Some(Refused::TooLarge(_))));
+        let CookieChange::Set(new) = a.cookie else { panic!("renewed") };
+        assert_eq!(a.data.get(b"a"), Some(&b"1"[..]));
+        assert_eq!(a.data.get(b"b"), None);
+        assert_eq!(read(&mut t, new, 1002).1, a.data);
+    }
+
+    #[test]
+    fn explicit_renewal_gives_a_random_id_keeps_data_and_kills_the_old_id() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        let mut login = sets(&[("user", "alice")]);
+        login.renew = true;
+        let a = respond(&mut t, id, &login, 1024, 1005, &POLICY);
+        let CookieChange::Set(new) = a.cookie else { panic!("renewed") };
+        assert_ne!(new, id);
+        assert_ne!(new, signer().successor(&id), "not the derived successor");
+        assert_eq!(a.id, Some(new));
+        // The old ID is dead at once, no grace.
+        assert_eq!(again(&mut t, id, 1005, &ALICE).status, Status::Invalid);
+        let (e, d) = read(&mut t, new, 1006);
+        assert_eq!((e.status, d.get(b"user")), (Status::Valid, Some(&b"alice"[..])));
+        // Creation time is kept: the absolute timeout still counts from the start.
+        assert_eq!(t.map[&new.store_key()].created, 1000);
+    }
+
+    #[test]
+    fn data_follows_a_rolling_renewal_and_an_old_id_in_grace_reads_it() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        respond(&mut t, id, &sets(&[("user", "alice")]), 1024, 1000, &POLICY);
+        for now in [1020, 1040] {
+            assert_eq!(read(&mut t, id, now).0.status, Status::Valid);
+        }
+        let (e, d) = read(&mut t, id, 1000 + POLICY.rolling);
+        assert_eq!(e.status, Status::Renewed);
+        assert_eq!(d.get(b"user"), Some(&b"alice"[..]));
+        let next = e.id.unwrap();
+        assert_eq!(read(&mut t, next, 1061).1.get(b"user"), Some(&b"alice"[..]));
+        // The old ID within its grace answers with the successor and its data.
+        let (e, d) = read(&mut t, id, 1062);
+        assert_eq!((e.status, e.id), (Status::Renewed, Some(next)));
+        assert_eq!(d.get(b"user"), Some(&b"alice"[..]));
+    }
+
+    #[test]
+    fn a_gone_session_is_never_brought_back() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        t.remove(&id.store_key());
+        let a = respond(&mut t, id, &sets(&[("user", "alice")]), 1024, 1001, &POLICY);
+        assert_eq!(a.refused, Some(Refused::Gone));
+        assert!(!t.map.contains_key(&id.store_key()));
+    }
+
+    #[test]
+    fn destroy_this_others_all() {
+        let mut t = MapTable::default();
+        let login = sets(&[("subject", "alice")]);
+        let (a1, a2, a3) = (begin(&mut t, 1000), begin(&mut t, 1000), begin(&mut t, 1000));
+        let bob = begin(&mut t, 1000);
+        for id in [a1, a2, a3] {
+            respond(&mut t, id, &login, 1024, 1000, &POLICY);
+        }
+        respond(&mut t, bob, &sets(&[("subject", "bob")]), 1024, 1000, &POLICY);
+        let others = Actions { destroy: Some(Destroy::Others), ..Actions::default() };
+        let a = respond(&mut t, a1, &others, 1024, 1001, &POLICY);
+        assert_eq!((a.destroyed_others, a.destroyed_this, a.id), (2, false, Some(a1)));
+        assert_eq!(a.cookie, CookieChange::Keep);
+        assert_eq!(again(&mut t, a2, 1002, &ALICE).status, Status::Invalid);
+        assert_eq!(again(&mut t, a1, 1002, &ALICE).status, Status::Valid);
+        assert_eq!(again(&mut t, bob, 1002, &ALICE).status, Status::Valid);
+
+        let a4 = begin(&mut t, 1003);
+        respond(&mut t, a4, &login, 1024, 1003, &POLICY);
+        let all = Actions { destroy: Some(Destroy::All), ..Actions::default() };
+        let a = respond(&mut t, a1, &all, 1024, 1004, &POLICY);
+        assert_eq!((a.destroyed_others, a.destroyed_this, a.id), (1, true, None));
+        assert_eq!(a.cookie, CookieChange::Expire);
+        assert!(a.data.is_empty());
+        for id in [a1, a4] {
+            assert_eq!(again(&mut t, id, 1005, &ALICE).status, Status::Invalid);
+        }
+        let this = Actions { destroy: Some(Destroy::This), ..Actions::default() };
+        let a = respond(&mut t, bob, &this, 1024, 1006, &POLICY);
+        assert_eq!(
+            (a.destroyed_others, a.destroyed_this, a.cookie),
+            (0, true, CookieChange::Expire)
+        );
+        assert_eq!(again(&mut t, bob, 1007, &ALICE).status, Status::Invalid);
+    }
+
+    #[test]
+    fn a_renewal_the_store_cannot_take_keeps_the_old_id() {
+        let mut t = MapTable::default();
+        let id = begin(&mut t, 1000);
+        t.full = true;
+        let renew = Actions { renew: true, ..Actions::default() };
+        let a = respond(&mut t, id, &renew, 1024, 1001, &POLICY);
+        assert_eq!(
+            (a.id, a.cookie, a.refused),
+            (Some(id), CookieChange::Keep, Some(Refused::Store))
+        );
+        t.full = false;
+        assert_eq!(again(&mut t, id, 1002, &ALICE).status, Status::Valid);
     }
 }

@@ -13,13 +13,14 @@ use std::os::unix::fs::PermissionsExt;
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_int_t, ngx_msec_t, ngx_parse_time,
-    ngx_str_t, ngx_uint_t, sockaddr, socklen_t, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
-    NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_WARN, NGX_OK,
+    ngx_str_t, ngx_uint_t, sockaddr, socklen_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS,
+    NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE23, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::{ngx_conf_log_error, ngx_string};
 
+use super::data;
 use super::error::{ConfError, Located};
 use super::zone;
 use super::{Level, LocConf, MainConf, Setting, SrvConf};
@@ -165,7 +166,7 @@ const LOC: u32 = NGX_HTTP_LOC_CONF;
 const NOARGS: u32 = NGX_CONF_NOARGS;
 
 /// The module's directives (NGINX reads the table, terminated by an empty entry).
-pub(crate) static mut COMMANDS: [ngx_command_t; 22] = [
+pub(crate) static mut COMMANDS: [ngx_command_t; 28] = [
     directive!("sessions", HTTP_ANY, FLAG, LocConf.enabled, parse_sessions),
     directive!("sessions_pass_cookie", HTTP_ANY, FLAG, LocConf.pass_cookie, parse_on_off),
     directive!("sessions_secret", HTTP_SRV, TAKE1, SrvConf.secret, parse_secret),
@@ -185,6 +186,13 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 22] = [
     directive!("sessions_redis", HTTP, TAKE1, MainConf.redis, parse_redis),
     directive!("sessions_redis_timeout", HTTP, TAKE1, MainConf.redis_timeout, parse_msec),
     directive!("sessions_redis_keepalive", HTTP, TAKE1, MainConf.redis_keepalive, parse_keepalive),
+    directive!(
+        "sessions_redis_keepalive_timeout",
+        HTTP,
+        TAKE1,
+        MainConf.redis_keepalive_timeout,
+        parse_msec
+    ),
     directive!("sessions_metrics", LOC, NOARGS, LocConf.metrics, parse_metrics),
     directive!(
         "sessions_state_interval",
@@ -193,8 +201,30 @@ pub(crate) static mut COMMANDS: [ngx_command_t; 22] = [
         MainConf.state_interval,
         parse_state_interval
     ),
+    directive!("sessions_data_size", HTTP, TAKE1, MainConf.data_size, data::parse_data_size),
+    data_entry(ngx_string!("sessions_set"), NGX_CONF_TAKE23, data::set_set),
+    data_entry(ngx_string!("sessions_renew"), NOARGS | TAKE1, data::set_renew),
+    data_entry(ngx_string!("sessions_destroy"), NOARGS | TAKE12, data::set_destroy),
+    data_entry(ngx_string!("sessions_require"), NGX_CONF_1MORE, data::set_require),
     ngx_command_t::empty(),
 ];
+
+/// A data directive (any level, several arguments): its own handler fills
+/// `LocConf.data`.
+const fn data_entry(
+    name: ngx_str_t,
+    args: u32,
+    set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: (HTTP_ANY | args) as ngx_uint_t,
+        set: Some(set),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
 
 /// `invalid value "x" in "name" directive, it must be ...`
 fn invalid(arg: &Arg, must: &str) -> ConfError {

@@ -10,6 +10,7 @@
 //! A new directive is a field here (`Option<Setting<T>>`), a line in the table and a
 //! parser; merging it is one `inherit` line.
 
+pub(crate) mod data;
 mod directives;
 mod error;
 mod zone;
@@ -43,6 +44,8 @@ const DEFAULT_ROLLING: u64 = 3600;
 const DEFAULT_ABSOLUTE: u64 = 86400;
 const DEFAULT_REDIS_TIMEOUT: ngx_msec_t = 1000;
 const DEFAULT_REDIS_KEEPALIVE: usize = 10;
+/// BunkerWeb's `REDIS_KEEPALIVE_IDLE` default.
+const DEFAULT_REDIS_KEEPALIVE_TIMEOUT: ngx_msec_t = 30_000;
 const DEFAULT_STATE_INTERVAL: ngx_msec_t = 60_000;
 
 /// Where a directive was written, to point `[emerg]` at it when a later check (at merge
@@ -84,9 +87,12 @@ pub(crate) struct MainConf {
     redis: Option<Setting<RedisSetting>>,
     redis_timeout: Option<Setting<ngx_msec_t>>,
     redis_keepalive: Option<Setting<usize>>,
+    redis_keepalive_timeout: Option<Setting<ngx_msec_t>>,
     /// The resolved Redis store, when `sessions_redis` is set.
     pub(crate) redis_upstream: Option<Upstream>,
     state_interval: Option<Setting<ngx_msec_t>>,
+    /// `sessions_data_size`.
+    data_size: Option<Setting<usize>>,
 }
 
 impl Level for MainConf {
@@ -144,6 +150,8 @@ pub(crate) struct LocConf {
     metrics: Option<Setting<()>>,
     /// `sessions_pass_cookie`.
     pass_cookie: Option<Setting<bool>>,
+    /// `sessions_set`, `sessions_renew`, `sessions_destroy`, `sessions_require`.
+    pub(crate) data: data::DataConf,
 }
 
 impl Level for LocConf {
@@ -167,6 +175,7 @@ impl Merge for LocConf {
     fn merge(&mut self, prev: &Self) -> Result<(), MergeConfigError> {
         inherit(&mut self.enabled, &prev.enabled);
         inherit(&mut self.pass_cookie, &prev.pass_cookie);
+        self.data.merge(&prev.data);
         Ok(())
     }
 }
@@ -208,6 +217,10 @@ impl MainConf {
                 ),
                 timeout: value_or(&self.redis_timeout, DEFAULT_REDIS_TIMEOUT),
                 keepalive: value_or(&self.redis_keepalive, DEFAULT_REDIS_KEEPALIVE),
+                keepalive_timeout: value_or(
+                    &self.redis_keepalive_timeout,
+                    DEFAULT_REDIS_KEEPALIVE_TIMEOUT,
+                ),
             });
         }
         Ok(())
@@ -215,6 +228,11 @@ impl MainConf {
 }
 
 impl MainConf {
+    /// `sessions_data_size`: the most data one session may hold (0: data off).
+    pub(crate) fn data_size(&self) -> usize {
+        value_or(&self.data_size, crate::data::DEFAULT_DATA_SIZE)
+    }
+
     /// With `sessions_zone ... state=<file>`: the file (full path) and how often to write it.
     pub(crate) fn state_file(&self) -> Option<(&[u8], ngx_msec_t)> {
         let path = self.zone_spec.as_ref()?.value.state()?;

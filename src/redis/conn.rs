@@ -1,14 +1,18 @@
-//! One Redis connection: connect, the setup commands (`AUTH`, `SELECT`) on a fresh
-//! connection, then the caller's command; write, read a whole reply, hand it over, and go
-//! back to the keepalive pool. A connection is a `Box<Conn>` owned by whoever holds the
-//! pointer: the pool while idle, the connection itself (its events) while busy.
+//! One pipelined Redis connection: connect, the setup commands (`AUTH`, `SELECT`) queued
+//! ahead on a fresh connection, then any number of callers' commands in flight at once.
+//! Redis answers in order, so the replies are matched to a FIFO of pending slots; a
+//! cancelled waiter leaves its slot as a tombstone whose reply is read and dropped, so the
+//! connection stays usable. A connection is a `Box<Conn>` listed in the worker's pool from
+//! `connect` until `close`.
 //!
-//! One timer bounds a command as a whole: the read event's, armed when the command starts
-//! with its deadline and never re-armed by progress, so a Redis that drips its reply byte
-//! by byte cannot stretch it. When it fires the connection is closed (a half-read reply
-//! must never meet the next command).
+//! One timer bounds every command as a whole: the read event's, armed for the earliest
+//! deadline among the pending slots and never pushed back by progress, so a Redis that
+//! drips its replies byte by byte cannot stretch them. When it fires, the connection and
+//! every command on it fail (a half-read reply must never meet the next command). With
+//! nothing pending, the same timer is the keepalive timeout.
 
 use core::ptr;
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use ngx::ffi::{
@@ -20,11 +24,13 @@ use ngx::ffi::{
 
 use super::worker::{self, cycle_log};
 use super::{Failure, Upstream, Waiter};
-use crate::redis_flow::{parse_reply, Parsed, Reply};
+use crate::redis_flow::{parse_reply_len, Parsed, Reply};
 
 /// Bytes read per `recv` call.
-const READ_CHUNK: usize = 4096;
-/// Replies larger than this are not ours: the connection is dropped.
+const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read before the whole replies among them are handed over.
+const READ_BATCH: usize = 256 * 1024;
+/// An incomplete reply larger than this is not ours: the connection is dropped.
 const MAX_REPLY: usize = 64 * 1024;
 
 /// `[debug]` lines about the client, on the cycle's log.
@@ -34,50 +40,50 @@ macro_rules! debug {
     };
 }
 
-enum Phase {
-    /// Sending setup command `i`, then the request's command.
-    Setup(usize),
-    Command,
+/// What one expected reply belongs to.
+struct Slot {
+    /// The caller's waiter; null for a setup command or once cancelled (a tombstone).
+    waiter: *mut Waiter,
+    /// `AUTH` / `SELECT`: an error reply means the connection is unusable.
+    setup: bool,
+    /// The command, kept to resend it once on a fresh connection (see `retry`).
+    command: Vec<u8>,
+    /// Queued on a connection that had answered before (it may have died while idle):
+    /// retried once on a fresh connection if this one turns out closed.
+    retry: bool,
+    /// When its reply must be in (`ngx_current_msec` clock).
+    deadline: ngx_msec_t,
+    /// When it was queued, for the round-trip histogram (the cached millisecond clock is
+    /// too coarse for it).
+    queued_at: Instant,
 }
 
 pub(super) struct Conn {
     pc: ngx_peer_connection_t,
     upstream: *const Upstream,
+    /// Commands not yet written; `sent` bytes of it are.
     out: Vec<u8>,
     sent: usize,
+    /// Bytes received and not yet parsed.
     input: Vec<u8>,
-    /// The request's command, kept to resend it once on a fresh connection.
-    command: Vec<u8>,
-    phase: Phase,
-    waiter: *mut Waiter,
-    /// Came from the keepalive pool (may have died while idle): retried once.
-    reused: bool,
+    /// One slot per reply still expected, oldest first.
+    pending: VecDeque<Slot>,
     /// The TCP handshake is still in progress: the first write event says it finished.
     connecting: bool,
-    /// When the command in flight must be over (`ngx_current_msec` clock), setup and a
-    /// retry on a fresh connection included.
-    deadline: ngx_msec_t,
-    /// When the caller's command began to be written, for the round-trip histogram (the
-    /// cached millisecond clock is too coarse for it).
-    sent_at: Option<Instant>,
+    /// No reply has come on it yet: a failure is a failure to connect.
+    fresh: bool,
 }
 
-/// Whether a pooled connection was closed by NGINX meanwhile.
-///
-/// # Safety
-/// `conn` is live.
-pub(super) unsafe fn is_dead(conn: *mut Conn) -> bool {
-    // SAFETY: the caller's contract.
-    unsafe { (*conn).pc.connection.is_null() }
+impl Conn {
+    /// Callers' commands in flight (tombstones and setup included: they occupy Redis too).
+    pub(super) fn load(&self) -> usize {
+        self.pending.len()
+    }
 }
 
-/// Frees a connection whose socket is already closed.
-///
-/// # Safety
-/// `conn` is live, closed, in no pool, and not used after.
-pub(super) unsafe fn free(conn: *mut Conn) {
-    // SAFETY: the caller's contract; `conn` came from `Box::into_raw` in `connect`.
-    drop(unsafe { Box::from_raw(conn) });
+/// Whether `a` comes before `b` on NGINX's wrapping millisecond clock.
+fn before(a: ngx_msec_t, b: ngx_msec_t) -> bool {
+    (a.wrapping_sub(b) as ngx_msec_int_t) < 0
 }
 
 /// Milliseconds until `deadline`; 0 once it has passed.
@@ -86,67 +92,23 @@ fn time_left(deadline: ngx_msec_t) -> ngx_msec_t {
     (deadline.wrapping_sub(worker::now()) as ngx_msec_int_t).max(0) as ngx_msec_t
 }
 
-/// Starts the waiter's command on `conn` (fresh, or `reused` from the pool); it fails as
-/// timed out unless its reply is in by `deadline`.
+/// Arms `ev`'s timer for exactly `ms` (`ngx_add_timer` alone keeps a key that is within
+/// 300 ms of the new one, which could fire a deadline early).
 ///
 /// # Safety
-/// `conn` is live and owned by the caller, with no timer set; `waiter` as in
-/// [`super::execute`].
-pub(super) unsafe fn start(
-    conn: *mut Conn,
-    command: Vec<u8>,
-    waiter: *mut Waiter,
-    reused: bool,
-    deadline: ngx_msec_t,
-) {
-    // SAFETY: the caller's contract; the connection's events belong to it.
+/// `ev` is a live event.
+unsafe fn arm(ev: *mut ngx_event_t, ms: ngx_msec_t) {
+    // SAFETY: the caller's contract.
     unsafe {
-        debug!("sessions redis: command on a {} connection", if reused { "pooled" } else { "new" });
-        let c = (*conn).pc.connection;
-        (*c).set_idle(0);
-        (*(*c).read).handler = Some(on_read);
-        (*(*c).write).handler = Some(on_write);
-        (*conn).reused = reused;
-        (*conn).waiter = waiter;
-        (*waiter).conn = conn;
-        (*conn).command = command;
-        (*conn).input.clear();
-        (*conn).phase = if reused { Phase::Command } else { Phase::Setup(0) };
-        (*conn).deadline = deadline;
-        load_next(conn);
-        // The one timer of the command (handshake, setup, write, reply): see `on_read`.
-        ngx::ffi::ngx_add_timer((*c).read, time_left(deadline));
-        let wev = (*c).write;
-        // While connecting, the write event fires when the handshake ends (or fails).
-        if !(*conn).connecting {
-            // Write from a posted event, not inline: the caller must never see `done`
-            // before `execute` returns.
-            (*wev).set_ready(1);
-            ngx::ffi::ngx_post_event(wev, ptr::addr_of_mut!(ngx::ffi::ngx_posted_events));
+        if (*ev).timer_set() != 0 {
+            ngx_del_timer(ev);
         }
+        ngx::ffi::ngx_add_timer(ev, ms);
     }
 }
 
-/// Puts the next command of the connection's sequence into the output buffer.
-///
-/// # Safety
-/// `conn` is live.
-unsafe fn load_next(conn: *mut Conn) {
-    // SAFETY: the caller's contract; `upstream` lives as long as the cycle.
-    let (conn, up) = unsafe { (&mut *conn, &*(*conn).upstream) };
-    conn.out.clear();
-    conn.sent = 0;
-    match conn.phase {
-        Phase::Setup(i) if i < up.setup.len() => conn.out.extend_from_slice(&up.setup[i]),
-        _ => {
-            conn.phase = Phase::Command;
-            conn.out.extend_from_slice(&conn.command);
-            conn.sent_at = Some(Instant::now());
-        }
-    }
-}
-
-/// Opens a new connection (the TCP handshake may still be in progress).
+/// Opens a new connection (the TCP handshake may still be in progress), listed in the
+/// worker's pool, with the setup commands queued.
 ///
 /// # Safety
 /// `upstream` lives as long as the cycle.
@@ -159,13 +121,9 @@ pub(super) unsafe fn connect(upstream: &Upstream) -> Result<*mut Conn, Failure> 
         out: Vec::new(),
         sent: 0,
         input: Vec::new(),
-        command: Vec::new(),
-        phase: Phase::Setup(0),
-        waiter: ptr::null_mut(),
-        reused: false,
+        pending: VecDeque::new(),
         connecting: false,
-        deadline: 0,
-        sent_at: None,
+        fresh: true,
     }));
     // SAFETY: `conn` was just allocated; the address and name live in the configuration.
     unsafe {
@@ -189,8 +147,88 @@ pub(super) unsafe fn connect(upstream: &Upstream) -> Result<*mut Conn, Failure> 
         (*c).data = conn.cast();
         (*(*c).read).handler = Some(on_read);
         (*(*c).write).handler = Some(on_write);
+        // Setup goes first; its slots take the deadline of the first command behind them.
+        for cmd in &upstream.setup {
+            (*conn).out.extend_from_slice(cmd);
+            (*conn).pending.push_back(Slot {
+                waiter: ptr::null_mut(),
+                setup: true,
+                command: Vec::new(),
+                retry: false,
+                deadline: 0,
+                queued_at: Instant::now(),
+            });
+        }
+        if !(*conn).connecting {
+            // Connected at once: nothing else will start the writing (see `enqueue`).
+            ngx::ffi::ngx_post_event((*c).write, ptr::addr_of_mut!(ngx::ffi::ngx_posted_events));
+        }
+        worker::add_conn(conn);
     }
     Ok(conn)
+}
+
+/// Queues the waiter's command on `conn`; it fails as timed out unless its reply is in by
+/// `deadline`. The write happens from a posted event, never here: the caller must never
+/// see `done` before `execute` returns.
+///
+/// # Safety
+/// `conn` is live; `waiter` as in [`super::execute`].
+pub(super) unsafe fn enqueue(
+    conn: *mut Conn,
+    command: Vec<u8>,
+    waiter: *mut Waiter,
+    deadline: ngx_msec_t,
+) {
+    // SAFETY: the caller's contract; the connection's events belong to it.
+    unsafe {
+        let c = (*conn).pc.connection;
+        (*c).set_idle(0);
+        (*waiter).conn = conn;
+        let retry = !(*conn).fresh;
+        // Nothing but setup pending: the timer is the keepalive one, or none yet.
+        let first = (*conn).pending.iter().all(|s| s.setup);
+        if first {
+            for slot in (*conn).pending.iter_mut() {
+                slot.deadline = deadline;
+            }
+        }
+        // A write already waits (posted, or for the socket) unless the buffer was empty.
+        let write_pending = !(*conn).out.is_empty();
+        (*conn).out.extend_from_slice(&command);
+        (*conn).pending.push_back(Slot {
+            waiter,
+            setup: false,
+            command: if retry { command } else { Vec::new() },
+            retry,
+            deadline,
+            queued_at: Instant::now(),
+        });
+        let rev = (*c).read;
+        // The keepalive timer (nothing was pending) or a later deadline gives way.
+        if first || (*rev).timer_set() == 0 || before(deadline, (*rev).timer.key) {
+            arm(rev, time_left(deadline));
+        }
+        let wev = (*c).write;
+        // While connecting, the write event fires when the handshake ends (or fails).
+        if !(*conn).connecting && !write_pending && (*wev).posted() == 0 {
+            ngx::ffi::ngx_post_event(wev, ptr::addr_of_mut!(ngx::ffi::ngx_posted_events));
+        }
+    }
+}
+
+/// Forgets `waiter`'s command: its slot stays as a tombstone, its reply is dropped.
+///
+/// # Safety
+/// `conn` is live and has a slot of `waiter`.
+pub(super) unsafe fn tombstone(conn: *mut Conn, waiter: *mut Waiter) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if let Some(slot) = (*conn).pending.iter_mut().find(|s| s.waiter == waiter) {
+            slot.waiter = ptr::null_mut();
+            slot.command = Vec::new();
+        }
+    }
 }
 
 /// # Safety
@@ -213,10 +251,10 @@ unsafe extern "C" fn on_write(wev: *mut ngx_event_t) {
     }
 }
 
-/// Writes what is left of the output buffer, then waits for the reply.
+/// Writes what is left of the output buffer.
 ///
 /// # Safety
-/// `conn` is live and busy.
+/// `conn` is live; it may be gone after.
 unsafe fn flush(conn: *mut Conn) {
     // SAFETY: the caller's contract; `c` is the connection's live NGINX connection.
     unsafe {
@@ -236,18 +274,14 @@ unsafe fn flush(conn: *mut Conn) {
                 }
                 return;
             } else {
-                let f = if (*conn).reused { Failure::Closed } else { Failure::Connect };
-                fail(conn, f);
+                fail(conn, if (*conn).fresh { Failure::Connect } else { Failure::Closed });
                 return;
             }
         }
+        (*conn).out.clear();
+        (*conn).sent = 0;
         if ngx_handle_read_event((*c).read, 0) != NGX_OK as isize {
             fail(conn, Failure::Closed);
-            return;
-        }
-        // The reply may already be there (edge-triggered events fire once).
-        if (*(*c).read).ready() != 0 {
-            read_reply(conn);
         }
     }
 }
@@ -256,196 +290,263 @@ unsafe extern "C" fn on_read(rev: *mut ngx_event_t) {
     // SAFETY: NGINX calls this with the read event of a connection we made.
     unsafe {
         let conn = conn_of(rev);
+        let c = (*conn).pc.connection;
         if (*rev).timedout() != 0 {
-            // The command's deadline, whatever it was waiting for.
-            let f = if (*conn).connecting { Failure::Connect } else { Failure::Timeout };
-            fail(conn, f);
+            (*rev).set_timedout(0);
+            if (*conn).pending.is_empty() {
+                debug!("sessions redis: idle connection closed (keepalive timeout)");
+                close(conn);
+            } else if let Some(at) = earliest_deadline(conn).filter(|&d| time_left(d) > 0) {
+                // Not due yet (a slot that set it went): wait for the earliest still here.
+                arm(rev, time_left(at));
+            } else {
+                // A command's deadline, whatever it was waiting for.
+                fail(conn, if (*conn).connecting { Failure::Connect } else { Failure::Timeout });
+            }
             return;
         }
-        read_reply(conn);
+        if (*c).close() != 0 && (*conn).pending.is_empty() {
+            // NGINX closing idle connections (graceful shutdown).
+            close(conn);
+            return;
+        }
+        read_replies(conn);
     }
 }
 
-/// Reads until a whole reply is in, then acts on it.
+/// The earliest deadline among the pending slots.
 ///
 /// # Safety
-/// `conn` is live and busy.
-unsafe fn read_reply(conn: *mut Conn) {
-    // SAFETY: the caller's contract; `c` is the connection's live NGINX connection.
+/// `conn` is live.
+unsafe fn earliest_deadline(conn: *mut Conn) -> Option<ngx_msec_t> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (*conn).pending.iter().map(|s| s.deadline).reduce(|a, b| if before(b, a) { b } else { a })
+    }
+}
+
+/// Reads what Redis sent, hands over every whole reply in order, then waits for more (or
+/// idles).
+///
+/// # Safety
+/// `conn` is live; it may be gone after.
+unsafe fn read_replies(conn: *mut Conn) {
+    // SAFETY: the caller's contract; `c` is the connection's live NGINX connection. No
+    // reference into `*conn` is held across `on_reply`, which runs callers' code.
     unsafe {
         let c = (*conn).pc.connection;
         let Some(recv) = (*c).recv else {
             fail(conn, Failure::Closed);
             return;
         };
+        let mut ended = false;
         loop {
-            let mut chunk = [0u8; READ_CHUNK];
-            let n = recv(c, chunk.as_mut_ptr(), chunk.len());
-            if n > 0 {
-                (*conn).input.extend_from_slice(&chunk[..n as usize]);
-                if (*conn).input.len() > MAX_REPLY {
-                    fail(conn, Failure::Protocol);
-                    return;
+            // Read until the socket is drained (or a batch is in), then hand over what is
+            // whole: a batch bounds the buffer whatever Redis sends.
+            let mut batch_full = false;
+            loop {
+                let input = &mut (*conn).input;
+                if input.len() >= READ_BATCH {
+                    batch_full = true;
+                    break;
                 }
-                continue;
-            }
-            if n == NGX_AGAIN as isize {
+                input.reserve(READ_CHUNK);
+                let spare = input.spare_capacity_mut();
+                let n = recv(c, spare.as_mut_ptr().cast(), spare.len());
+                if n > 0 {
+                    // SAFETY: `recv` initialised `n` bytes of the spare capacity.
+                    input.set_len(input.len() + n as usize);
+                    continue;
+                }
+                if n != NGX_AGAIN as isize {
+                    // EOF or an error.
+                    ended = true;
+                }
                 break;
             }
-            // EOF or an error before a whole reply: on a fresh connection that is Redis
-            // refusing us (e.g. connection refused), on a pooled one a stale connection.
-            fail(conn, if (*conn).reused { Failure::Closed } else { Failure::Connect });
-            return;
-        }
-        match parse_reply(&(*conn).input) {
-            Parsed::Incomplete => {
-                if ngx_handle_read_event((*c).read, 0) != NGX_OK as isize {
-                    fail(conn, Failure::Closed);
-                }
-            }
-            Parsed::Garbage => fail(conn, Failure::Protocol),
-            Parsed::Complete(reply) => {
-                (*conn).input.clear();
-                on_reply(conn, reply);
-            }
-        }
-    }
-}
-
-/// A whole reply: the next setup command, or the caller's answer.
-///
-/// # Safety
-/// `conn` is live and busy.
-unsafe fn on_reply(conn: *mut Conn, reply: Reply) {
-    // SAFETY: the caller's contract; `upstream` lives as long as the cycle.
-    unsafe {
-        let up = &*(*conn).upstream;
-        match (*conn).phase {
-            Phase::Setup(i) => {
-                if let Reply::Error(e) = &reply {
-                    worker::mark_down(up, &format!("AUTH or SELECT refused: {e}"));
-                    fail(conn, Failure::Setup);
-                    return;
-                }
-                (*conn).phase = Phase::Setup(i + 1);
-                load_next(conn);
-                flush(conn);
-            }
-            Phase::Command => {
-                let round_trip = (*conn).sent_at.take().map(|t| t.elapsed());
-                crate::metrics::with_worker(|w| {
-                    if let Some(d) = round_trip {
-                        w.redis_round_trip(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            let mut used = 0;
+            while !(*conn).pending.is_empty() {
+                let (parsed, len) = parse_reply_len(&(&(*conn).input)[used..]);
+                match parsed {
+                    Parsed::Incomplete => break,
+                    Parsed::Garbage => {
+                        fail(conn, Failure::Protocol);
+                        return;
                     }
-                    if matches!(reply, Reply::Error(_)) {
-                        w.redis_error();
+                    Parsed::Complete(reply) => {
+                        used += len;
+                        if !on_reply(conn, reply) {
+                            return;
+                        }
                     }
-                });
-                // Errors that say Redis cannot serve anyone (auth, read-only replica,
-                // out of memory, loading) open the breaker like a dead connection.
-                match &reply {
-                    Reply::Error(e) if is_server_failure(e) => worker::mark_down(up, e),
-                    _ => worker::mark_up(up),
-                }
-                let waiter = core::mem::replace(&mut (*conn).waiter, ptr::null_mut());
-                release(conn);
-                if !waiter.is_null() {
-                    Waiter::complete(waiter, Ok(reply));
                 }
             }
-        }
-    }
-}
-
-/// A failure on a connection: retried once on a fresh connection if the connection came
-/// from the pool (it may have died while idle), else reported.
-///
-/// # Safety
-/// `conn` is live and busy; it is gone after.
-unsafe fn fail(conn: *mut Conn, f: Failure) {
-    // SAFETY: the caller's contract; the waiter, if any, is live (a cancelled waiter
-    // cleared `conn.waiter` first).
-    unsafe {
-        debug!("sessions redis: {}", f.as_str());
-        let waiter = core::mem::replace(&mut (*conn).waiter, ptr::null_mut());
-        let (reused, deadline) = ((*conn).reused, (*conn).deadline);
-        let command = core::mem::take(&mut (*conn).command);
-        let upstream = &*(*conn).upstream;
-        close(conn);
-        if waiter.is_null() {
-            return;
-        }
-        // The retry is the same command: same deadline, and only while time is left.
-        if reused && matches!(f, Failure::Closed | Failure::Protocol) && time_left(deadline) > 0 {
-            if let Ok(fresh) = connect(upstream) {
-                start(fresh, command, waiter, false, deadline);
+            (*conn).input.drain(..used);
+            if (*conn).input.len() > MAX_REPLY
+                || ((*conn).pending.is_empty() && !(*conn).input.is_empty())
+            {
+                // Too large to be ours, or a reply nobody asked for.
+                fail(conn, Failure::Protocol);
                 return;
             }
+            if !batch_full {
+                break;
+            }
         }
-        if f != Failure::Protocol {
-            worker::mark_down(upstream, f.as_str());
+        if ended {
+            if (*conn).pending.is_empty() {
+                debug!("sessions redis: connection closed by Redis");
+                close(conn);
+            } else {
+                // On a fresh connection that is Redis refusing us (e.g. connection
+                // refused), on an established one a connection that died.
+                fail(conn, if (*conn).fresh { Failure::Connect } else { Failure::Closed });
+            }
+            return;
         }
-        crate::metrics::with_worker(|w| w.redis_error());
-        Waiter::complete(waiter, Err(f));
+        if ngx_handle_read_event((*c).read, 0) != NGX_OK as isize {
+            fail(conn, Failure::Closed);
+            return;
+        }
+        match earliest_deadline(conn) {
+            Some(at) => {
+                // Only when the deadline it waits for is no longer the earliest.
+                if (*(*c).read).timer_set() == 0 || (*(*c).read).timer.key != at {
+                    arm((*c).read, time_left(at));
+                }
+            }
+            None => idle(conn),
+        }
     }
 }
 
-/// Back to the keepalive pool, or closed when the pool is full or the worker exits.
+/// Nothing pending: the connection waits for the next command, closed after the keepalive
+/// timeout (at once with `sessions_redis_keepalive 0` or when the worker exits).
 ///
 /// # Safety
-/// `conn` is live, busy and no longer serving a waiter.
-unsafe fn release(conn: *mut Conn) {
+/// `conn` is live with nothing pending; it may be gone after.
+unsafe fn idle(conn: *mut Conn) {
     // SAFETY: the caller's contract.
     unsafe {
         let c = (*conn).pc.connection;
-        let keep = (*(*conn).upstream).keepalive;
-        if (*(*c).read).timer_set() != 0 {
-            ngx_del_timer((*c).read);
-        }
-        if ngx_exiting != 0 || (*(*c).read).ready() != 0 {
+        let up = &*(*conn).upstream;
+        if ngx_exiting != 0 || up.keepalive == 0 {
             close(conn);
             return;
         }
+        // Marked idle, NGINX's graceful shutdown closes it through `on_read`.
         (*c).set_idle(1);
-        (*(*c).read).handler = Some(on_idle_read);
-        (*(*c).write).handler = Some(on_idle_write);
-        if let Err(conn) = worker::push_idle(conn, keep) {
-            close(conn);
-        }
+        arm((*c).read, up.keepalive_timeout);
     }
 }
 
-/// Redis sends nothing unasked: data, EOF or NGINX closing idle connections (graceful
-/// shutdown sets `close`) all end an idle connection.
-unsafe extern "C" fn on_idle_read(rev: *mut ngx_event_t) {
-    // SAFETY: NGINX calls this with the read event of a pooled connection of ours.
-    unsafe {
-        let conn = conn_of(rev);
-        debug!("sessions redis: idle connection closed");
-        close(conn);
-    }
-}
-
-unsafe extern "C" fn on_idle_write(_wev: *mut ngx_event_t) {}
-
-/// Called by a cancelled waiter: the reply would be stale, so the connection goes.
+/// One reply, for the oldest slot. Returns whether the connection is still there.
 ///
 /// # Safety
-/// `conn` is live and busy serving the waiter being cancelled.
-pub(super) unsafe fn detach_and_close(conn: *mut Conn) {
-    // SAFETY: the caller's contract.
+/// `conn` is live and has a pending slot.
+unsafe fn on_reply(conn: *mut Conn, reply: Reply) -> bool {
+    // SAFETY: the caller's contract; `upstream` lives as long as the cycle.
     unsafe {
-        (*conn).waiter = ptr::null_mut();
-        close(conn);
+        let up = &*(*conn).upstream;
+        (*conn).fresh = false;
+        let Some(slot) = (*conn).pending.pop_front() else {
+            return true;
+        };
+        if slot.setup {
+            if let Reply::Error(e) = &reply {
+                worker::mark_down(up, &format!("AUTH or SELECT refused: {e}"));
+                fail(conn, Failure::Setup);
+                return false;
+            }
+            return true;
+        }
+        let round_trip = slot.queued_at.elapsed();
+        crate::metrics::with_worker(|w| {
+            w.redis_round_trip(u64::try_from(round_trip.as_micros()).unwrap_or(u64::MAX));
+            if matches!(reply, Reply::Error(_)) {
+                w.redis_error();
+            }
+        });
+        // Errors that say Redis cannot serve anyone (auth, read-only replica, out of
+        // memory, loading) open the breaker like a dead connection.
+        match &reply {
+            Reply::Error(e) if is_server_failure(e) => worker::mark_down(up, e),
+            _ => worker::mark_up(up),
+        }
+        if !slot.waiter.is_null() {
+            // The callback may queue more commands, on this connection too; it never
+            // closes one.
+            Waiter::complete(slot.waiter, Ok(reply));
+        }
+        true
     }
 }
 
-/// Closes the socket, takes the connection out of the pool and frees it.
+/// A failure on a connection: it is closed, and every command on it fails with `f`, but
+/// those queued on a connection that had answered before (it may have died while idle)
+/// are retried once on a fresh connection, while they have time left.
+///
+/// # Safety
+/// `conn` is live; it is gone after.
+unsafe fn fail(conn: *mut Conn, f: Failure) {
+    // SAFETY: the caller's contract; the waiters of the slots are live (a cancelled
+    // waiter cleared its slot first); `upstream` lives as long as the cycle. The `Conn`
+    // outlives the callbacks below: a waiter cancelled by one of them still finds its
+    // slot here to clear, and nothing else reaches the connection once it left the pool.
+    unsafe {
+        debug!("sessions redis: {}", f.as_str());
+        let upstream = &*(*conn).upstream;
+        close_socket(conn);
+        // Retries first: they call nobody back.
+        if matches!(f, Failure::Closed | Failure::Protocol) {
+            let mut fresh: Option<*mut Conn> = None;
+            for slot in (*conn).pending.iter_mut() {
+                if slot.waiter.is_null() || !slot.retry || time_left(slot.deadline) == 0 {
+                    continue;
+                }
+                let target = match fresh {
+                    Some(target) => target,
+                    None => match connect(upstream) {
+                        Ok(target) => *fresh.insert(target),
+                        Err(_) => break,
+                    },
+                };
+                enqueue(target, core::mem::take(&mut slot.command), slot.waiter, slot.deadline);
+                slot.waiter = ptr::null_mut();
+            }
+        }
+        if f != Failure::Protocol && (*conn).pending.iter().any(|s| !s.waiter.is_null()) {
+            worker::mark_down(upstream, f.as_str());
+        }
+        while let Some(slot) = (*conn).pending.pop_front() {
+            if !slot.waiter.is_null() {
+                crate::metrics::with_worker(|w| w.redis_error());
+                Waiter::complete(slot.waiter, Err(f));
+            }
+        }
+        drop(Box::from_raw(conn));
+    }
+}
+
+/// Closes the socket, takes the connection out of the pool and frees it. The waiters of
+/// its slots, if any, must have been dealt with.
 ///
 /// # Safety
 /// `conn` is live; it is gone after.
 pub(super) unsafe fn close(conn: *mut Conn) {
-    worker::remove_idle(conn);
+    // SAFETY: the caller's contract; `conn` came from `Box::into_raw` in `connect`.
+    unsafe {
+        close_socket(conn);
+        drop(Box::from_raw(conn));
+    }
+}
+
+/// Closes the socket and takes the connection out of the pool; the `Conn` stays.
+///
+/// # Safety
+/// `conn` is live.
+unsafe fn close_socket(conn: *mut Conn) {
+    worker::remove_conn(conn);
     // SAFETY: the caller's contract; a non-null `pc.connection` is ours to close.
     unsafe {
         let c = (*conn).pc.connection;
@@ -453,7 +554,6 @@ pub(super) unsafe fn close(conn: *mut Conn) {
             ngx_close_connection(c);
             (*conn).pc.connection = ptr::null_mut();
         }
-        free(conn);
     }
 }
 

@@ -1,12 +1,13 @@
-//! A Redis client on the NGINX event loop: per worker, a pool of keepalive connections
-//! made with `ngx_event_connect_peer`, NGINX timers for every wait, one command in flight
-//! per connection, and a circuit breaker so that a dead Redis costs one connection attempt
-//! per second per worker, not one per request. No threads, no blocking calls.
+//! A Redis client on the NGINX event loop: per worker, a few keepalive connections made
+//! with `ngx_event_connect_peer`, each carrying many commands at once (pipelined, replies
+//! matched in order), NGINX timers for every wait, and a circuit breaker so that a dead
+//! Redis costs one connection attempt per second per worker, not one per request. No
+//! threads, no blocking calls.
 //!
 //! - this file: what callers use: [`Upstream`] (resolved at configuration time),
 //!   [`execute`], [`Waiter`] and [`Failure`];
-//! - `conn.rs`: one connection's state machine (setup commands, write, read, retry);
-//! - `worker.rs`: the per-worker state: the idle pool and the breaker.
+//! - `conn.rs`: one connection: its FIFO of pending replies, write, read, retry;
+//! - `worker.rs`: the per-worker state: the pool of connections and the breaker.
 //!
 //! Callers hand over a command with a `Waiter`; the reply (or the failure) comes back
 //! through the waiter's `done`, always from an event handler, never from `execute` itself.
@@ -22,7 +23,7 @@ use ngx::ffi::{ngx_msec_int_t, ngx_msec_t, ngx_str_t, sockaddr, socklen_t};
 use crate::redis_flow::Reply;
 use conn::Conn;
 
-pub(crate) use worker::close_idle;
+pub(crate) use worker::close_all;
 
 /// Where and how to reach Redis, resolved at configuration time.
 #[derive(Clone)]
@@ -30,11 +31,14 @@ pub(crate) struct Upstream {
     pub(crate) sockaddr: *mut sockaddr,
     pub(crate) socklen: socklen_t,
     pub(crate) name: ngx_str_t,
-    /// `AUTH` / `SELECT` sent on every new connection.
+    /// `AUTH` / `SELECT` sent first on every new connection.
     pub(crate) setup: Vec<Vec<u8>>,
     /// The most one command may take as a whole: connect, write, the complete reply.
     pub(crate) timeout: ngx_msec_t,
+    /// Connections per worker (at least one is opened, and closed when idle if 0).
     pub(crate) keepalive: usize,
+    /// An idle pooled connection is closed after this long.
+    pub(crate) keepalive_timeout: ngx_msec_t,
 }
 
 impl Upstream {
@@ -107,8 +111,8 @@ impl Waiter {
         unsafe { (*this).deadline = Some(worker::now().wrapping_add(budget)) };
     }
 
-    /// Forgets the command in flight; its connection is closed (its reply would be
-    /// stale), not returned to the pool.
+    /// Forgets the command in flight: its reply will be read and dropped; the connection
+    /// stays (closing it would cost the other commands on it, and a reconnect).
     ///
     /// # Safety
     /// `this` points to a live waiter.
@@ -121,7 +125,7 @@ impl Waiter {
                 return;
             }
             (*this).conn = ptr::null_mut();
-            conn::detach_and_close(conn);
+            conn::tombstone(conn, this);
         }
     }
 
@@ -162,21 +166,16 @@ pub(crate) unsafe fn execute(
         return Err(Failure::Timeout);
     };
     // SAFETY: the caller's contract on `upstream` and `waiter`; pooled connections are
-    // live and owned by the pool until popped.
+    // live while listed.
     unsafe {
-        while let Some(conn) = worker::pop_idle() {
-            if conn::is_dead(conn) {
-                conn::free(conn);
-                continue;
-            }
-            conn::start(conn, command, waiter, true, deadline);
-            return Ok(());
-        }
-        let conn = conn::connect(upstream).inspect_err(|&f| {
-            worker::mark_down(upstream, f.as_str());
-            crate::metrics::with_worker(|w| w.redis_error());
-        })?;
-        conn::start(conn, command, waiter, false, deadline);
+        let conn = match worker::pick(upstream.keepalive.max(1)) {
+            Some(conn) => conn,
+            None => conn::connect(upstream).inspect_err(|&f| {
+                worker::mark_down(upstream, f.as_str());
+                crate::metrics::with_worker(|w| w.redis_error());
+            })?,
+        };
+        conn::enqueue(conn, command, waiter, deadline);
     }
     Ok(())
 }

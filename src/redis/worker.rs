@@ -1,4 +1,4 @@
-//! Per-worker client state: the keepalive pool and the circuit breaker. Workers are
+//! Per-worker client state: the connection pool and the circuit breaker. Workers are
 //! single-threaded; it is only reached through [`with_worker`], whose borrow ends with
 //! the closure, so no two borrows of it ever overlap.
 
@@ -14,7 +14,8 @@ use super::Upstream;
 const RETRY_INTERVAL: ngx_msec_t = 1000;
 
 struct Worker {
-    idle: Vec<*mut Conn>,
+    /// Every open connection, busy or idle.
+    conns: Vec<*mut Conn>,
     down: bool,
     retry_at: ngx_msec_t,
 }
@@ -25,7 +26,7 @@ struct WorkerCell(UnsafeCell<Worker>);
 unsafe impl Sync for WorkerCell {}
 
 static WORKER: WorkerCell =
-    WorkerCell(UnsafeCell::new(Worker { idle: Vec::new(), down: false, retry_at: 0 }));
+    WorkerCell(UnsafeCell::new(Worker { conns: Vec::new(), down: false, retry_at: 0 }));
 
 /// Runs `f` with the worker's state. `f` must not call back into this module (the
 /// closures below only touch the fields), so the borrow is unique while it lives.
@@ -59,31 +60,34 @@ pub(super) fn admit() -> bool {
     })
 }
 
-pub(super) fn pop_idle() -> Option<*mut Conn> {
-    with_worker(|w| w.idle.pop())
-}
-
-/// Pools `conn` if there is room; gives it back otherwise.
-pub(super) fn push_idle(conn: *mut Conn, keep: usize) -> Result<(), *mut Conn> {
+/// The connection for the next command: an idle one, else none while fewer than `limit`
+/// are open (the caller opens one), else the one with the fewest commands in flight.
+pub(super) fn pick(limit: usize) -> Option<*mut Conn> {
     with_worker(|w| {
-        if w.idle.len() >= keep {
-            return Err(conn);
+        // SAFETY: listed connections are live (`close` unlists them before freeing).
+        let least = w.conns.iter().copied().min_by_key(|&c| unsafe { (*c).load() })?;
+        // SAFETY: as above.
+        if unsafe { (*least).load() } == 0 || w.conns.len() >= limit {
+            return Some(least);
         }
-        w.idle.push(conn);
-        Ok(())
+        None
     })
 }
 
-/// Takes `conn` out of the pool, if it is there.
-pub(super) fn remove_idle(conn: *mut Conn) {
-    with_worker(|w| w.idle.retain(|&p| p != conn));
+/// Lists a new connection.
+pub(super) fn add_conn(conn: *mut Conn) {
+    with_worker(|w| w.conns.push(conn));
 }
 
-/// Closes the idle pool (worker exit).
-pub(crate) fn close_idle() {
-    while let Some(conn) = pop_idle() {
-        // SAFETY: pooled connections are live and owned by the pool; popped, this is the
-        // only pointer to it.
+/// Unlists `conn`, if it is listed.
+pub(super) fn remove_conn(conn: *mut Conn) {
+    with_worker(|w| w.conns.retain(|&p| p != conn));
+}
+
+/// Closes every connection (worker exit: no request is left to call back).
+pub(crate) fn close_all() {
+    while let Some(conn) = with_worker(|w| w.conns.last().copied()) {
+        // SAFETY: listed connections are live; `close` unlists it.
         unsafe { conn::close(conn) };
     }
 }
