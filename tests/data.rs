@@ -523,3 +523,41 @@ fn demo_conf_logs_in_and_out() {
     assert_eq!(r.one_cookie(name).attr("Max-Age"), Some("0"), "{r}");
     ng.check_logs();
 }
+
+/// With `state=`, a stop and start keep each session's data and the subject index.
+#[test]
+fn data_and_subjects_survive_a_restart_with_a_state_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("data-state");
+    let sub = dir.path.join("state");
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let extra = format!("sessions_zone keep:1m state={};", sub.join("s.state").display());
+    let mut ng = start(&extra);
+    let (a1, a2, bob) = (login(&ng, "alice"), login(&ng, "alice"), login(&ng, "bob"));
+    get(&ng, "/set?user=alice&role=admin", &a1);
+    // The master writes the file once its workers have exited: wait for it to go (10 s).
+    ng.signal(libc::SIGQUIT);
+    let pid = ng.master_pid();
+    let exited = (0..500).any(|_| {
+        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(true);
+        if !gone {
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+        gone
+    });
+    assert!(exited, "the master did not exit on QUIT");
+    ng.stop();
+    let ng = start(&extra);
+    assert_data(&ng, &a1, "alice", "admin");
+    assert_data(&ng, &a2, "alice", "");
+    assert_data(&ng, &bob, "bob", "");
+    // The subject index came back: a1 logs alice out everywhere else.
+    get(&ng, "/logout-others", &a1);
+    assert_eq!(get(&ng, "/", &a2).st(), "invalid");
+    assert_data(&ng, &a1, "alice", "admin");
+    assert_data(&ng, &bob, "bob", "");
+    ng.check_logs();
+}

@@ -27,6 +27,7 @@
 //! The checksum detects a torn or damaged file; it is no authentication (whoever can write
 //! the file can recompute it, and could as well write the zone).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -279,21 +280,32 @@ pub struct Restored {
     pub left_out: usize,
 }
 
-/// The slots an entry takes in the table: its own and its data's.
-fn weight(e: &Entry) -> usize {
-    1 + chunks_for(e.data.len())
+/// The subject index key of an entry's data, if it names a subject.
+fn subject_of(e: &Entry) -> Option<[u8; 16]> {
+    Data::decode(&e.data).and_then(|d| d.subject().map(subject_key))
 }
 
-/// How many of `entries`, from the first, take no more than `room` slots.
-fn fitting(entries: &[&Entry], room: usize) -> usize {
+/// How many of `entries`, from the first, take no more than `room` slots: their own, their
+/// data's, and an entry for each subject not in `subjects` yet (which it adds to). Returns
+/// that count and the slots they take.
+fn fitting(
+    entries: &[(&Entry, Option<[u8; 16]>)],
+    room: usize,
+    subjects: &mut HashSet<[u8; 16]>,
+) -> (usize, usize) {
     let mut used = 0usize;
-    entries
-        .iter()
-        .take_while(|e| {
-            used = used.saturating_add(weight(e));
-            used <= room
-        })
-        .count()
+    for (n, (e, subject)) in entries.iter().enumerate() {
+        let new_subject = subject.is_some_and(|s| !subjects.contains(&s));
+        let weight = 1 + chunks_for(e.data.len()) + usize::from(new_subject);
+        if used + weight > room {
+            return (n, used);
+        }
+        used += weight;
+        if let Some(s) = subject {
+            subjects.insert(*s);
+        }
+    }
+    (entries.len(), used)
 }
 
 /// Loads `entries` (in [`Snapshot::entries`] order) into an empty table. Expired records are
@@ -309,28 +321,29 @@ pub fn restore(table: &mut SlotTable<'_>, entries: &[Entry], now: u64) -> Restor
         if e.expires <= now {
             report.expired += 1;
         } else if e.established {
-            protected.push(e);
+            protected.push((e, subject_of(e)));
         } else {
-            probation.push(e);
+            probation.push((e, subject_of(e)));
         }
     }
     let alive = protected.len() + probation.len();
     let room = table.capacity().saturating_sub(table.slots_in_use());
-    let keep_protected = fitting(&protected, room.min(table.protected_cap() as usize));
-    let used: usize = protected[..keep_protected].iter().map(|e| weight(e)).sum();
+    // A subject's entry is counted with the first session kept that needs it.
+    let mut subjects = HashSet::new();
+    let (keep_protected, used) =
+        fitting(&protected, room.min(table.protected_cap() as usize), &mut subjects);
     let demoted = protected.split_off(keep_protected);
     probation.extend(demoted);
-    let keep_probation = fitting(&probation, room.saturating_sub(used));
+    let (keep_probation, _) = fitting(&probation, room.saturating_sub(used), &mut subjects);
     probation.truncate(keep_probation);
     let before = table.len();
     // Oldest first: each insertion becomes its segment's most recent.
     let order = probation.iter().rev().map(|e| (e, false));
-    for (e, established) in order.chain(protected.iter().rev().map(|e| (e, true))) {
+    for (&(e, subject), established) in order.chain(protected.iter().rev().map(|e| (e, true))) {
         // A key twice in the file: the table holds it once.
         if table.insert(&e.key, &e.record, e.expires, established, now).is_ok()
             && !e.data.is_empty()
         {
-            let subject = Data::decode(&e.data).and_then(|d| d.subject().map(subject_key));
             let _ = table.write_data(&e.key, &e.data, subject, now);
         }
     }
@@ -600,6 +613,35 @@ mod tests {
         assert_eq!(t.remove_subject(&subject_key(b"user1"), None), user1.len());
         assert!(t.get(&key(9), 2000).is_none());
         t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_smaller_table_counts_data_when_choosing_what_to_keep() {
+        // Fewer under Miri, still more than the small table holds.
+        let count = if cfg!(miri) { 300 } else { 1000 };
+        let mut src = Owned::new(256 * 1024);
+        let mut t = src.table();
+        for n in 0..count {
+            t.insert(&key(n), &rec(1000), 10_000, false, 1000).unwrap();
+            t.write_data(&key(n), &data(n, 80), None, 1000).unwrap();
+        }
+        let entries = t.live_entries(1000);
+        let weight = 1 + chunks_for(entries[0].data.len());
+        assert_eq!(weight, 3);
+
+        let mut dst = Owned::new(16 * 1024);
+        let mut small = dst.table();
+        // Four subjects (user0 to user3), one slot each.
+        let fits = (small.capacity() - 4) / weight;
+        let r = restore(&mut small, &entries, 1000);
+        small.check_invariants().unwrap();
+        assert_eq!(r, Restored { loaded: fits, expired: 0, left_out: count as usize - fits });
+        assert_eq!(small.evictions_total(), 0, "what was loaded was not pushed out again");
+        // The most recent ones, with their data.
+        let mut out = Vec::new();
+        assert!(small.read_data(&key(count - 1), &mut out));
+        assert_eq!(out, data(count - 1, 80));
+        assert!(small.get(&key(count - 1 - fits as u32), 1000).is_none());
     }
 
     /// A file of the format before session data: its records, without the data length.
