@@ -212,7 +212,7 @@ unsafe fn evaluate(r: *mut ngx_http_request_t) -> ngx_int_t {
             if !data.is_empty() {
                 // The table holds only what `respond` wrote: a stored form.
                 // SAFETY: just created; nothing else borrows it.
-                unsafe { ctx.as_mut().data = Data::decode(&data).unwrap_or_default() };
+                unsafe { ctx.as_mut().data = Data::from_vec(data).unwrap_or_default() };
             }
             Status::NGX_DECLINED.into()
         }

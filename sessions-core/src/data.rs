@@ -63,6 +63,25 @@ fn split_entry(bytes: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     Some((key, value, rest))
 }
 
+/// Whether `bytes` is a stored form: keys valid, strictly increasing, no empty value,
+/// lengths within the bytes, at most [`MAX_DATA_SIZE`] in all.
+fn is_stored_form(bytes: &[u8]) -> bool {
+    if bytes.len() > MAX_DATA_SIZE {
+        return false;
+    }
+    let mut rest = bytes;
+    let mut previous: Option<&[u8]> = None;
+    while !rest.is_empty() {
+        let Some((key, value, next)) = split_entry(rest) else { return false };
+        if !valid_key(key) || value.is_empty() || previous.is_some_and(|p| p >= key) {
+            return false;
+        }
+        previous = Some(key);
+        rest = next;
+    }
+    true
+}
+
 impl Data {
     pub fn new() -> Self {
         Data::default()
@@ -72,20 +91,13 @@ impl Data {
     /// strictly increasing, no empty value, lengths within the bytes, at most
     /// [`MAX_DATA_SIZE`] in all.
     pub fn decode(bytes: &[u8]) -> Option<Data> {
-        if bytes.len() > MAX_DATA_SIZE {
-            return None;
-        }
-        let mut rest = bytes;
-        let mut previous: Option<&[u8]> = None;
-        while !rest.is_empty() {
-            let (key, value, next) = split_entry(rest)?;
-            if !valid_key(key) || value.is_empty() || previous.is_some_and(|p| p >= key) {
-                return None;
-            }
-            previous = Some(key);
-            rest = next;
-        }
-        Some(Data { encoded: bytes.to_vec() })
+        is_stored_form(bytes).then(|| Data { encoded: bytes.to_vec() })
+    }
+
+    /// [`Data::decode`] of bytes the caller owns: no copy (the request path reads the data
+    /// from the store into a buffer of its own, then keeps it).
+    pub fn from_vec(bytes: Vec<u8>) -> Option<Data> {
+        is_stored_form(&bytes).then_some(Data { encoded: bytes })
     }
 
     /// The stored form.
@@ -326,6 +338,7 @@ mod tests {
     #[test]
     fn decode_refuses_what_is_not_a_stored_form() {
         assert_eq!(Data::decode(b""), Some(Data::new()));
+        assert_eq!(Data::from_vec(b"\x01a\x01\x00x".to_vec()).map(|d| d.len()), Some(5));
         for bad in [
             &b"\x01a"[..],                   // no value length
             b"\x01a\x02\x00x",               // value cut short
@@ -336,6 +349,7 @@ mod tests {
             b"\x01a\x01\x00x\x01a\x01\x00y", // twice
         ] {
             assert_eq!(Data::decode(bad), None, "{bad:?}");
+            assert_eq!(Data::from_vec(bad.to_vec()), None, "{bad:?}");
         }
     }
 

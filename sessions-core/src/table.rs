@@ -1065,6 +1065,8 @@ impl Table for SlotTable<'_> {
     fn read_data(&mut self, key: &StoreKey, out: &mut Vec<u8>) -> bool {
         let Some(i) = self.find(key) else { return false };
         let chunks = self.slots.get(i as usize).map_or(0, |s| s.chunks);
+        // One allocation for the whole copy (the request path's buffer starts empty).
+        out.reserve(usize::from(chunks) * CHUNK_BYTES);
         let mut c = self.first_chunk(i);
         for n in 0..chunks {
             let Some(chunk) = self.slots.get(c as usize).filter(|s| s.segment == DATA) else {
