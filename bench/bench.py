@@ -995,7 +995,7 @@ def pool_report(scenarios):
     """The pipelining table: req/s and its ratio to bare NGINX at the same concurrency,
     Redis connections opened per request."""
     by = {s.key: s for s in scenarios}
-    rows = [s for s in scenarios if isinstance(s, PoolRedis) and s.runs]
+    rows = [s for s in scenarios if isinstance(s, PoolRedis) and s.clients is not None and s.runs]
     if not rows:
         return ""
     L = ["Redis pipelining: R-new / R-ret with the default `sessions_redis_keepalive` (10) at "
