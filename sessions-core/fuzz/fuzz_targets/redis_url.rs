@@ -1,7 +1,8 @@
 //! `sessions_redis` URLs: `redis_url::parse` on arbitrary strings.
 //!
 //! Checked: nothing panics; an accepted URL has a host of allowed characters and a
-//! non-zero port, and writing it back out in canonical form parses to the same value.
+//! non-zero port, and writing it back out in canonical form (`rediss://` for TLS) parses to
+//! the same value.
 
 #![no_main]
 
@@ -16,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(url.host.bytes().all(|c| c.is_ascii_alphanumeric() || b".-_:".contains(&c)));
     assert!(url.user.is_none() || url.password.is_some(), "a user without a password");
 
-    let mut canonical = String::from("redis://");
+    let mut canonical = String::from(if url.tls { "rediss://" } else { "redis://" });
     if let Some(password) = &url.password {
         canonical += url.user.as_deref().unwrap_or("");
         canonical += ":";
