@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../sessions-core/fuzz"
 
 seconds=${FUZZ_SECONDS:-60}
-read -r -a targets <<<"${FUZZ_TARGETS:-cookie signer record resp table table_corrupt redis_url http}"
+read -r -a targets <<<"${FUZZ_TARGETS:-cookie signer record resp table table_corrupt redis_url http data sentinel}"
 
 skip() {
     echo "fuzz: SKIP: $*"
