@@ -168,14 +168,7 @@ unsafe fn respond(r: *mut ngx_http_request_t) -> Result<bool, ()> {
             let mut table = locked.table();
             session::respond(&mut table, id, &actions, mcf.data_size(), now, &res.policy)
         }
-        None => Applied {
-            id: Some(id),
-            data: Data::new(),
-            cookie: CookieChange::Keep,
-            destroyed_this: false,
-            destroyed_others: 0,
-            refused: Some(Refused::Store),
-        },
+        None => Applied::unchanged(id, Data::new(), Some(Refused::Store)),
     };
     // SAFETY: the caller's contract; the borrow ends inside.
     unsafe { ctx::with(r, |ctx| apply(r, ctx, applied)) }.unwrap_or(Some(())).ok_or(())?;

@@ -270,6 +270,21 @@ pub struct Applied {
     pub refused: Option<Refused>,
 }
 
+impl Applied {
+    /// Nothing done: the session goes on under `id` with `data` (and `refused` says why the
+    /// changes were not applied, if they were asked for).
+    pub fn unchanged(id: SessionId, data: Data, refused: Option<Refused>) -> Self {
+        Applied {
+            id: Some(id),
+            data,
+            cookie: CookieChange::Keep,
+            destroyed_this: false,
+            destroyed_others: 0,
+            refused,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

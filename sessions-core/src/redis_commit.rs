@@ -277,14 +277,7 @@ impl Commit {
 }
 
 fn commit_unchanged(stored: &Stored, refused: Option<Refused>) -> Applied {
-    Applied {
-        id: Some(stored.id),
-        data: stored.data.clone(),
-        cookie: CookieChange::Keep,
-        destroyed_this: false,
-        destroyed_others: 0,
-        refused,
-    }
+    Applied::unchanged(stored.id, stored.data.clone(), refused)
 }
 
 #[cfg(test)]
@@ -472,14 +465,7 @@ mod tests {
     }
 
     fn r_unchanged(s: &Stored) -> Applied {
-        Applied {
-            id: Some(s.id),
-            data: s.data.clone(),
-            cookie: CookieChange::Keep,
-            destroyed_this: false,
-            destroyed_others: 0,
-            refused: None,
-        }
+        Applied::unchanged(s.id, s.data.clone(), None)
     }
 
     #[test]

@@ -42,14 +42,8 @@ fn port(p: &str) -> Result<u16, &'static str> {
 /// What a sentinel is asked, in order: `AUTH` when credentials are set, then
 /// `SENTINEL get-master-addr-by-name <master>`.
 pub fn lookup_commands(user: Option<&str>, password: Option<&str>, master: &str) -> Vec<Vec<u8>> {
-    let mut cmds = Vec::new();
-    if let Some(password) = password {
-        let mut auth = redis::cmd("AUTH");
-        if let Some(user) = user {
-            auth.arg(user);
-        }
-        cmds.push(auth.arg(password).get_packed_command());
-    }
+    // A sentinel has no databases: the data connection's setup without `SELECT`.
+    let mut cmds = crate::redis_flow::setup_commands(user, password, 0);
     cmds.push(
         redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master).get_packed_command(),
     );

@@ -556,14 +556,7 @@ pub fn respond<T: Table>(
 ) -> Applied {
     let mut key = id.store_key();
     let mut current = Vec::new();
-    let mut applied = Applied {
-        id: Some(id),
-        data: Data::new(),
-        cookie: CookieChange::Keep,
-        destroyed_this: false,
-        destroyed_others: 0,
-        refused: None,
-    };
+    let mut applied = Applied::unchanged(id, Data::new(), None);
     let exists = table.read_data(&key, &mut current);
     // A record's data is always one we wrote; anything else is treated as none.
     let mut data = Data::decode(&current).unwrap_or_default();
